@@ -1,0 +1,42 @@
+"""App factory: ``uvicorn --factory gateway.main:create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.routes import health, models, predict
+from gateway.settings import Settings
+from gateway.upstream import TorchServeClient
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.upstream = TorchServeClient(settings)
+        try:
+            yield
+        finally:
+            await app.state.upstream.aclose()
+
+    app = FastAPI(
+        title="YOLO inspection gateway",
+        description="Upload an image, get defect detections from the YOLO model served by TorchServe.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(predict.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,86 @@
+"""Prometheus metrics of the gateway, one registry per app so tests can build several apps."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7)
+
+
+class GatewayMetrics:
+    """Everything the gateway exposes on ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests", "HTTP requests answered", ["route", "method", "status"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Whole-request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream = Histogram(
+            "gateway_upstream_duration_seconds",
+            "TorchServe round-trip latency",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Requests being handled", registry=self.registry)
+        self.upload_bytes = Histogram(
+            "gateway_upload_bytes", "Size of uploaded images", buckets=SIZE_BUCKETS, registry=self.registry
+        )
+        self.detections = Counter(
+            "gateway_detections", "Detections returned", ["class_name", "model_version"], registry=self.registry
+        )
+        self.predictions = Counter(
+            "gateway_predictions",
+            "Successful predictions by the model version that answered",
+            ["model_version"],
+            registry=self.registry,
+        )
+
+    def record_prediction(self, body: dict, upstream_s: float) -> None:
+        version = body.get("model", {}).get("version", "unknown")
+        self.upstream.labels(version).observe(upstream_s)
+        self.predictions.labels(version).inc()
+        for detection in body.get("detections", []):
+            self.detections.labels(detection["class"], version).inc()
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts, times and tracks in-flight HTTP requests by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.duration.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,33 @@
+"""``GET /models``: the loaded versions and the default, read through the management API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from gateway.deps import get_settings, get_upstream
+from gateway.routes.health import ready_count
+from gateway.schemas import ErrorResponse, ModelsResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorResponse}})
+async def models(request: Request) -> dict:
+    """Read-only: the management key stays on the server side."""
+    upstream = get_upstream(request)
+    default = await upstream.describe()
+    every = await upstream.describe(all_versions=True)
+    default_version = default[0].get("modelVersion") if default else None
+    versions = [
+        {
+            "version": entry.get("modelVersion"),
+            "is_default": entry.get("modelVersion") == default_version,
+            "workers_ready": ready_count([entry]),
+            "workers_total": len(entry.get("workers", [])),
+            "batch_size": entry.get("batchSize"),
+            "max_batch_delay_ms": entry.get("maxBatchDelay"),
+        }
+        for entry in every
+    ]
+    versions.sort(key=lambda v: [int(p) for p in v["version"].split(".")])
+    return {"model": get_settings(request).model_name, "default_version": default_version, "versions": versions}

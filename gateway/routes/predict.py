@@ -1,0 +1,138 @@
+"""``POST /predict`` and ``POST /predict/batch``: multipart in, TorchServe predictions out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from gateway.annotate import annotate
+from gateway.deps import get_metrics, get_settings, get_upstream, require_api_key
+from gateway.errors import APIError, error_content
+from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
+from gateway.uploads import UploadedFile, read_files
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+
+VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"
+CLASSES_PATTERN = r"^[A-Za-z0-9_\- ]+(,[A-Za-z0-9_\- ]+)*$"
+ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "missing/empty file, unknown form field, not multipart, unknown class",
+        401: "API key missing or wrong (when GATEWAY_API_KEYS is set)",
+        404: "the pinned model version is not loaded",
+        413: "upload or image too large",
+        415: "not a decodable image",
+        422: "bad query parameter",
+        503: "TorchServe down, no ready worker or queue full (with Retry-After)",
+        504: "TorchServe did not answer in time",
+    }.items()
+}
+
+
+def multipart_body(field: str, many: bool) -> dict:
+    """OpenAPI request body for the streamed multipart upload the route parses itself."""
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: schema}}
+                }
+            },
+        }
+    }
+
+
+class InferenceParams(BaseModel):
+    """Post-processing overrides; anything left out uses the archive's defaults."""
+
+    model_config = {"extra": "forbid"}
+
+    conf: float | None = Field(None, ge=0, le=1, description="confidence threshold")
+    iou: float | None = Field(None, ge=0, le=1, description="NMS IoU threshold")
+    max_det: int | None = Field(None, ge=1, le=1000, description="most detections per image")
+    classes: str | None = Field(
+        None, pattern=CLASSES_PATTERN, description="class names or ids to keep, comma-separated"
+    )
+    version: str | None = Field(None, pattern=VERSION_PATTERN, description="pin a model version, e.g. 1.0")
+
+    def upstream_headers(self) -> dict[str, str]:
+        values = {"Conf": self.conf, "Iou": self.iou, "Max-Det": self.max_det, "Classes": self.classes}
+        return {name: str(value) for name, value in values.items() if value is not None}
+
+
+class PredictParams(InferenceParams):
+    format: Literal["json", "image"] = Field("json", description="json, or image for an annotated JPEG")
+
+
+async def predict_one(request: Request, data: bytes, params: InferenceParams) -> tuple[int, dict]:
+    """Forward one image; return the HTTP status and the contract body (success or error)."""
+    metrics = get_metrics(request)
+    metrics.upload_bytes.observe(len(data))
+    started = time.perf_counter()
+    try:
+        result = await get_upstream(request).predict(data, params.version, params.upstream_headers())
+    except APIError as exc:
+        return exc.status, error_content(exc.code, exc.message)
+    body = result.body
+    if result.status == 200 and body.get("status") == "success":
+        metrics.record_prediction(body, result.upstream_ms / 1000)
+        body["timing_ms"] = {
+            **body.get("timing_ms", {}),
+            "upstream": round(result.upstream_ms, 2),
+            "total": round((time.perf_counter() - started) * 1000, 2),
+        }
+    return result.status, body
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "detections (or an annotated JPEG)"}},
+    openapi_extra=multipart_body("file", many=False),
+    summary="Detect defects in one image",
+)
+async def predict(request: Request, params: Annotated[PredictParams, Query()]) -> Response:
+    settings = get_settings(request)
+    (upload,) = await read_files(request, frozenset({"file"}), settings.max_upload_bytes, max_files=1)
+    status, body = await predict_one(request, upload.data, params)
+    if status != 200:
+        return JSONResponse(body, status_code=status, headers=_retry_after(status, settings.retry_after_s))
+    headers = {"X-Model-Version": body["model"]["version"]}
+    if params.format == "image":
+        return Response(annotate(upload.data, body["detections"]), media_type="image/jpeg", headers=headers)
+    return JSONResponse(body, headers=headers)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    responses=ERRORS,
+    openapi_extra=multipart_body("files", many=True),
+    summary="Detect defects in several images, sent to TorchServe concurrently",
+)
+async def predict_batch(request: Request, params: Annotated[InferenceParams, Query()]) -> JSONResponse:
+    settings = get_settings(request)
+    uploads = await read_files(request, frozenset({"files"}), settings.max_upload_bytes, settings.max_batch_files)
+    answers = await asyncio.gather(*(predict_one(request, upload.data, params) for upload in uploads))
+    results = [
+        _batch_item(i, upload, status, body)
+        for i, (upload, (status, body)) in enumerate(zip(uploads, answers, strict=True))
+    ]
+    return JSONResponse({"status": "success", "results": results})
+
+
+def _batch_item(index: int, upload: UploadedFile, status: int, body: dict) -> dict:
+    return {"index": index, "filename": upload.filename, "http_status": status, **body}
+
+
+def _retry_after(status: int, seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)} if status == 503 else {}

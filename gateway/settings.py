@@ -1,0 +1,32 @@
+"""Gateway settings, read from ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the gateway has; defaults match the local stack started by ``make up``."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    ts_inference_url: str = Field("http://127.0.0.1:8085", description="TorchServe inference API")
+    ts_management_url: str = Field("http://127.0.0.1:8086", description="TorchServe management API (server side only)")
+    ts_key_file: Path = Field(Path("var/torchserve/key_file.json"), description="TorchServe's token key file")
+    model_name: str = Field("yolo", description="model name registered in TorchServe")
+    api_keys: str = Field("", description="comma-separated API keys for predict routes; empty turns auth off")
+    max_upload_bytes: int = Field(6_553_500, gt=0, description="largest accepted image (TorchServe max_request_size)")
+    max_batch_files: int = Field(16, gt=0, description="most files in one /predict/batch request")
+    upstream_timeout_s: float = Field(30.0, gt=0, description="time allowed for one TorchServe prediction")
+    connect_timeout_s: float = Field(2.0, gt=0, description="time allowed to open a connection to TorchServe")
+    max_connections: int = Field(64, gt=0, description="pooled connections to TorchServe")
+    token_refresh_margin_s: float = Field(300.0, ge=0, description="refresh a TorchServe key this long before expiry")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 answers")
+
+    @cached_property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())

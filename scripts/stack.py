@@ -1,0 +1,365 @@
+"""Start, stop and inspect the local stack: TorchServe plus the FastAPI gateway, as processes.
+
+`make up` / `make down` / `make status` / `make logs` call this; the tests import the same
+functions to start a private stack on free ports. Each process runs in its own session so
+that stopping it stops everything it spawned (TorchServe's Java frontend and its Python
+workers), and its PID is recorded so `down` never has to guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_STORE = ROOT / "serving" / "model-store"
+BASE_CONFIG = ROOT / "serving" / "config.properties"
+
+
+@dataclass
+class Stack:
+    """Where one stack instance lives: its ports, model store and runtime directory."""
+
+    run_dir: Path = ROOT / "var"
+    model_store: Path = DEFAULT_STORE
+    model_name: str = "yolo"
+    host: str = "127.0.0.1"
+    inference_port: int = 8085
+    management_port: int = 8086
+    metrics_port: int = 8082
+    gateway_port: int = 8000
+    gateway_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ts_dir(self) -> Path:
+        """TorchServe's working directory: its key_file.json and logs land here."""
+        return self.run_dir / "torchserve"
+
+    @property
+    def key_file(self) -> Path:
+        return self.ts_dir / "key_file.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    @property
+    def inference_url(self) -> str:
+        return self.url(self.inference_port)
+
+    @property
+    def management_url(self) -> str:
+        return self.url(self.management_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.url(self.metrics_port)
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url(self.gateway_port)
+
+    def pid_file(self, service: str) -> Path:
+        return self.run_dir / f"{service}.pid"
+
+    def current_archive(self) -> Path:
+        """The pointer a cold start loads: a symlink to the deployed version's archive."""
+        return self.model_store / f"{self.model_name}_current.mar"
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def render_ts_config(stack: Stack) -> Path:
+    """Write this instance's config.properties: the committed defaults plus its paths and ports."""
+    props = read_properties(BASE_CONFIG)
+    store = stack.model_store.resolve()
+    props.update(
+        {
+            "inference_address": stack.inference_url,
+            "management_address": stack.management_url,
+            "metrics_address": stack.metrics_url,
+            "model_store": str(store),
+            "allowed_urls": f"file://{store}/.*\\.mar",
+        }
+    )
+    dest = stack.ts_dir / "config.properties"
+    dest.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return dest
+
+
+def set_current(stack: Stack, version: str) -> Path:
+    """Atomically point the cold-start archive at ``version``'s archive."""
+    target = f"{stack.model_name}_v{version}.mar"
+    if not (stack.model_store / target).is_file():
+        raise FileNotFoundError(f"archive {stack.model_store / target} does not exist")
+    pointer = stack.current_archive()
+    tmp = pointer.with_name(pointer.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, pointer)
+    return pointer
+
+
+def current_version(stack: Stack) -> str | None:
+    pointer = stack.current_archive()
+    if not pointer.is_symlink():
+        return None
+    name = os.readlink(pointer)
+    prefix = f"{stack.model_name}_v"
+    return name[len(prefix) : -len(".mar")] if name.startswith(prefix) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recorded_pid(stack: Stack, service: str) -> int | None:
+    path = stack.pid_file(service)
+    if not path.is_file():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    return pid if pid and pid_alive(pid) else None
+
+
+def _spawn(stack: Stack, service: str, cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    with (stack.log_dir / f"{service}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    stack.pid_file(service).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def start_torchserve(stack: Stack) -> int:
+    """Start TorchServe in the foreground of its own session, loading the current archive."""
+    pointer = stack.current_archive()
+    if not pointer.exists():
+        raise FileNotFoundError(f"no deployed archive: {pointer} is missing (run scripts/package_mar.sh first)")
+    stack.ts_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stack.run_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = render_ts_config(stack)
+    env = {
+        **os.environ,
+        "YOLO_OFFLINE": "1",
+        "TMPDIR": str(tmp),  # TorchServe keeps its pid file in the temp dir: one per instance
+        "TEMP": str(tmp),
+        "LOG_LOCATION": str(stack.log_dir / "torchserve"),
+        "METRICS_LOCATION": str(stack.log_dir / "torchserve"),
+    }
+    cmd = [
+        str(VENV_BIN / "torchserve"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(stack.model_store.resolve()),
+        "--ts-config",
+        str(config),
+        "--models",
+        f"{stack.model_name}={pointer.name}",
+    ]
+    return _spawn(stack, "torchserve", cmd, stack.ts_dir, env)
+
+
+def start_gateway(stack: Stack) -> int:
+    env = {
+        **os.environ,
+        "GATEWAY_TS_INFERENCE_URL": stack.inference_url,
+        "GATEWAY_TS_MANAGEMENT_URL": stack.management_url,
+        "GATEWAY_TS_KEY_FILE": str(stack.key_file),
+        "GATEWAY_MODEL_NAME": stack.model_name,
+        **stack.gateway_env,
+    }
+    cmd = [
+        str(VENV_BIN / "uvicorn"),
+        "--factory",
+        "gateway.main:create_app",
+        "--host",
+        stack.host,
+        "--port",
+        str(stack.gateway_port),
+        "--no-access-log",
+    ]
+    return _spawn(stack, "gateway", cmd, ROOT, env)
+
+
+def management_key(stack: Stack) -> str | None:
+    try:
+        return json.loads(stack.key_file.read_text())["management"]["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def ready_workers(stack: Stack, version: str | None = None) -> int:
+    """How many workers of the model (or of one version) are READY, through the management API."""
+    key = management_key(stack)
+    if key is None:
+        return 0
+    path = f"/models/{stack.model_name}" + (f"/{version}" if version else "")
+    try:
+        response = httpx.get(stack.management_url + path, headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    except httpx.HTTPError:
+        return 0
+    if response.status_code != 200:
+        return 0
+    return sum(w.get("status") == "READY" for model in response.json() for w in model.get("workers", []))
+
+
+def wait_until(check, what: str, timeout: float, pid: int | None = None, log: Path | None = None) -> None:
+    """Poll ``check`` until it is true; fail early if the process it depends on died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not pid_alive(pid):
+            tail = log.read_text()[-3000:] if log and log.is_file() else ""
+            raise RuntimeError(f"{what}: process {pid} exited\n{tail}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def up(stack: Stack, timeout: float = 180) -> None:
+    """Start whatever is not running yet and wait until the gateway reports ready."""
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    ts_pid = recorded_pid(stack, "torchserve")
+    if ts_pid:
+        print(f"torchserve already running (pid {ts_pid})")
+    else:
+        ts_pid = start_torchserve(stack)
+        print(f"torchserve started (pid {ts_pid}), loading {os.readlink(stack.current_archive())}")
+    wait_until(lambda: ready_workers(stack) > 0, "torchserve", timeout, ts_pid, stack.log_dir / "torchserve.log")
+    gw_pid = recorded_pid(stack, "gateway")
+    if gw_pid:
+        print(f"gateway already running (pid {gw_pid})")
+    else:
+        gw_pid = start_gateway(stack)
+        print(f"gateway started (pid {gw_pid}) on {stack.gateway_url}")
+    wait_until(lambda: http_ok(stack.gateway_url + "/health"), "gateway", 60, gw_pid, stack.log_dir / "gateway.log")
+
+
+def stop_service(stack: Stack, service: str, timeout: float = 30) -> bool:
+    """SIGTERM the service's whole process group, SIGKILL what is left after ``timeout``."""
+    pid = recorded_pid(stack, service)
+    stack.pid_file(service).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return True
+            _reap(pid)
+            time.sleep(0.2)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down(stack: Stack) -> None:
+    for service in ("gateway", "torchserve"):
+        print(f"{service}: {'stopped' if stop_service(stack, service) else 'not running'}")
+    stack.key_file.unlink(missing_ok=True)
+
+
+def status(stack: Stack) -> int:
+    healthy = True
+    for service in ("torchserve", "gateway"):
+        pid = recorded_pid(stack, service)
+        print(f"{service:<11} {f'running (pid {pid})' if pid else 'stopped'}")
+        healthy &= pid is not None
+    print(f"deployed    {current_version(stack) or 'none'}")
+    print(f"workers     {ready_workers(stack)} ready")
+    try:
+        health = httpx.get(stack.gateway_url + "/health", timeout=5)
+        print(f"health      {health.status_code} {health.text}")
+        healthy &= health.status_code == 200
+    except httpx.HTTPError as exc:
+        print(f"health      unreachable ({exc.__class__.__name__})")
+        healthy = False
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stack", description="Run the local TorchServe + gateway stack.")
+    parser.add_argument("command", choices=["up", "down", "status", "logs", "set-current"])
+    parser.add_argument("version", nargs="?", help="for set-current: the version to point the cold start at")
+    args = parser.parse_args(argv)
+    stack = Stack()
+    if args.command == "up":
+        up(stack)
+        print(f"\nready: {stack.gateway_url}  (docs: {stack.gateway_url}/docs)")
+        print(f"try:   curl -F file=@samples/scratch_01.jpg {stack.gateway_url}/predict")
+        return 0
+    if args.command == "down":
+        down(stack)
+        return 0
+    if args.command == "status":
+        return status(stack)
+    if args.command == "set-current":
+        if not args.version:
+            parser.error("set-current needs a version")
+        print(f"cold start now loads {os.readlink(set_current(stack, args.version))}")
+        return 0
+    for name in ("torchserve.log", "gateway.log", "torchserve/ts_log.log", "torchserve/model_log.log"):
+        path = stack.log_dir / name
+        if path.is_file():
+            print(f"==> {path.relative_to(ROOT)} <==")
+            print("\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

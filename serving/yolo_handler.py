@@ -1,0 +1,138 @@
+"""TorchServe handler for Ultralytics YOLO detection weights shipped inside the .mar.
+
+One request carries the raw bytes of one image. A batch is decoded item by item, so a
+bad image fails only its own item (with a 4xx status and a JSON error body) while the
+others run through one batched forward pass. Per-request ``conf``, ``iou``, ``max_det``
+and ``classes`` come from ``X-Yolo-*`` headers; their defaults, the image size and the
+thread count come from the ``handler`` section of the archive's model-config YAML.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from yolo_image import RequestError, batch_tensor, decode_image, detections_to_json, letterbox
+from yolo_request import HandlerConfig, Params, Prepared, error_body, parse_params, request_payload
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+logger = logging.getLogger(__name__)
+
+
+class YoloHandler(BaseHandler):
+    """Batch-aware YOLO detection handler: bytes in, contract-shaped JSON out."""
+
+    def initialize(self, context):
+        self.context = context
+        self.manifest = context.manifest
+        self.config = HandlerConfig.from_yaml((getattr(context, "model_yaml_config", None) or {}).get("handler"))
+        model_dir = context.system_properties["model_dir"]
+        weights = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
+        self.model_info = {"name": context.model_name, "version": self.manifest["model"].get("modelVersion", "")}
+        self.backend = load_backend(weights, self.config.threads)
+        self.names = {int(k): str(v) for k, v in self.backend.names.items()}
+        self.end2end = bool(getattr(self.backend, "end2end", False))
+        self._forward(np.zeros((1, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
+        logger.info(
+            "YoloHandler ready: %s v%s, weights=%s, imgsz=%d, torch threads=%d, classes=%s",
+            self.model_info["name"],
+            self.model_info["version"],
+            os.path.basename(weights),
+            self.config.imgsz,
+            torch.get_num_threads(),
+            self.names,
+        )
+        self.initialized = True
+
+    def preprocess(self, requests):
+        items: list[Prepared | RequestError] = []
+        for idx, row in enumerate(requests):
+            started = time.perf_counter()
+            try:
+                params = parse_params(self.context.get_all_request_header(idx) or {}, self.config, self.names)
+                rgb = decode_image(request_payload(row), self.config.max_pixels)
+                canvas, box = letterbox(rgb, self.config.imgsz)
+                items.append(Prepared(canvas, box, params, (time.perf_counter() - started) * 1000))
+            except RequestError as err:
+                items.append(err)
+        return items
+
+    def inference(self, items):
+        ready = [item for item in items if isinstance(item, Prepared)]
+        if not ready:
+            return items, None, 0.0
+        started = time.perf_counter()
+        raw = self._forward(batch_tensor([item.canvas for item in ready]))
+        return items, raw, (time.perf_counter() - started) * 1000
+
+    def postprocess(self, data):
+        items, raw, inference_ms = data
+        responses, position = [], 0
+        for idx, item in enumerate(items):
+            if isinstance(item, RequestError):
+                self.context.set_response_status(item.status, item.code, idx=idx)
+                logger.warning(
+                    "request %s refused: %d %s: %s",
+                    self.context.get_request_id(idx),
+                    item.status,
+                    item.code,
+                    item.message,
+                )
+                responses.append(error_body(item))
+                continue
+            started = time.perf_counter()
+            rows = self._nms(raw, position, item.params)
+            position += 1
+            responses.append(
+                {
+                    "status": "success",
+                    "model": self.model_info,
+                    "image": {"width": item.box.width, "height": item.box.height},
+                    "detections": detections_to_json(rows, item.box, self.names),
+                    "timing_ms": {
+                        "preprocess": round(item.preprocess_ms, 2),
+                        "inference": round(inference_ms, 2),
+                        "postprocess": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                }
+            )
+        return responses
+
+    def _forward(self, batch: np.ndarray):
+        with torch.inference_mode():
+            return self.backend(torch.from_numpy(batch))
+
+    def _nms(self, raw, position: int, params: Params) -> np.ndarray:
+        from ultralytics.utils.nms import non_max_suppression
+
+        prediction = raw[0] if isinstance(raw, (list, tuple)) else raw
+        kept = non_max_suppression(
+            prediction[position : position + 1],
+            conf_thres=params.conf,
+            iou_thres=params.iou,
+            classes=list(params.classes) if params.classes is not None else None,
+            max_det=params.max_det,
+            nc=len(self.names),
+            end2end=self.end2end,
+        )[0]
+        return kept[:, :6].cpu().numpy()
+
+
+def load_backend(weights: str, threads: int):
+    """Load any Ultralytics export (.pt, TorchScript, ONNX, OpenVINO) on CPU with a fixed thread count.
+
+    Ultralytics resets torch to ``cpu_count - 1`` threads when it picks a device; the
+    count is set again afterwards so it is a deliberate choice, not a side effect.
+    """
+    from ultralytics.nn.autobackend import AutoBackend
+
+    backend = AutoBackend(weights, device=torch.device("cpu"), fp16=False, fuse=True, verbose=False)
+    backend.eval()
+    torch.set_num_threads(threads)
+    return backend

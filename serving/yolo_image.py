@@ -1,0 +1,158 @@
+"""Image decoding, letterboxing and box math for the YOLO handler.
+
+Plain functions with no TorchServe dependency, so tests can call them directly.
+The handler ships this module inside the .mar next to ``yolo_handler.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+PAD_VALUE = 114  # Ultralytics' letterbox grey: the model was trained on it.
+
+
+class RequestError(ValueError):
+    """A request that cannot be served; carries the HTTP status and a machine code."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an original image was mapped into the square model input."""
+
+    ratio: float
+    pad_x: float
+    pad_y: float
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode raw bytes to an upright RGB uint8 array (H, W, 3).
+
+    The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb is refused without allocating it. EXIF orientation is applied
+    so boxes refer to the image as a person sees it.
+    """
+    if not data:
+        raise RequestError(400, "empty_file", "The uploaded file is empty.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = _pillow_open()(io.BytesIO(data))
+        except Exception as exc:  # Pillow raises many types on hostile bytes; all mean "not an image"
+            raise _unreadable(exc) from exc
+    if image.format not in ALLOWED_FORMATS:
+        raise RequestError(415, "unsupported_image", f"Image format {image.format} is not supported.")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(
+            413,
+            "image_too_large",
+            f"Image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
+        )
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except Exception as exc:  # truncated or corrupt pixel data surfaces only while decoding
+        raise _unreadable(exc) from exc
+
+
+def _pillow_open():
+    """Pillow's own ``Image.open``.
+
+    Importing Ultralytics replaces ``Image.open`` with a wrapper that, on an unknown
+    file, tries to pip-install a HEIF plugin: a network call per bad upload.
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open)
+
+
+def _unreadable(exc: Exception) -> RequestError:
+    return RequestError(415, "invalid_image", f"The file is not a decodable image ({exc}).")
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode (palette, alpha, CMYK, 16-bit, float) to RGB uint8."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        gray = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (PAD_VALUE, PAD_VALUE, PAD_VALUE, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to ``size`` x ``size`` (never crop)."""
+    height, width = rgb.shape[:2]
+    ratio = min(size / height, size / width)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    resized = (
+        rgb if (new_w, new_h) == (width, height) else cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    )
+    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    top, left = round(pad_y - 0.1), round(pad_x - 0.1)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas, Letterbox(ratio=ratio, pad_x=left, pad_y=top, width=width, height=height)
+
+
+def batch_tensor(images: list[np.ndarray]) -> np.ndarray:
+    """Stack letterboxed HWC uint8 images into an NCHW float32 array in [0, 1]."""
+    stacked = np.stack(images).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stacked, dtype=np.float32) / 255.0
+
+
+def unletterbox_boxes(boxes: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Map xyxy boxes from model-input pixels back to original-image pixels, clipped."""
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - box.pad_x) / box.ratio
+    out[:, [1, 3]] = (out[:, [1, 3]] - box.pad_y) / box.ratio
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, box.width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, box.height)
+    return out
+
+
+def detections_to_json(rows: np.ndarray, box: Letterbox, names: dict[int, str]) -> list[dict]:
+    """Turn NMS rows (x1, y1, x2, y2, conf, cls) into the API's detections, best first.
+
+    Boxes that collapse to zero width or height after clipping are dropped, so every
+    returned box satisfies 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
+    """
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+    boxes = unletterbox_boxes(rows[:, :4], box)
+    detections = []
+    for (x1, y1, x2, y2), conf, cls in zip(boxes, rows[:, 4], rows[:, 5], strict=True):
+        x1, y1, x2, y2 = (round(float(v), 2) for v in (x1, y1, x2, y2))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        class_id = int(cls)
+        detections.append(
+            {
+                "class": names.get(class_id, str(class_id)),
+                "class_id": class_id,
+                "confidence": round(float(conf), 4),
+                "bbox": [x1, y1, x2, y2],
+            }
+        )
+    detections.sort(key=lambda d: d["confidence"], reverse=True)
+    return detections

@@ -1,0 +1,119 @@
+"""Per-request parameters and serving defaults for the YOLO handler.
+
+Plain code with no TorchServe dependency, so tests can call it directly; shipped in the
+.mar next to ``yolo_handler.py`` (TorchServe wants that module to define one class only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from yolo_image import Letterbox, RequestError
+
+HEADER_PREFIX = "x-yolo-"
+MAX_DET_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Serving defaults read from the archive's model-config YAML (``handler:`` section)."""
+
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 100
+    threads: int = 2
+    max_pixels: int = 40_000_000
+
+    @classmethod
+    def from_yaml(cls, section: dict | None) -> HandlerConfig:
+        section = section or {}
+        known = {name: section[name] for name in cls.__dataclass_fields__ if name in section}
+        config = cls(**known)
+        if config.imgsz % 32:
+            raise ValueError(f"handler.imgsz must be a multiple of 32, got {config.imgsz}")
+        return config
+
+
+@dataclass(frozen=True)
+class Params:
+    """Post-processing parameters of one request."""
+
+    conf: float
+    iou: float
+    max_det: int
+    classes: tuple[int, ...] | None
+
+
+@dataclass
+class Prepared:
+    """A decoded, letterboxed request waiting for the batched forward pass."""
+
+    canvas: np.ndarray
+    box: Letterbox
+    params: Params
+    preprocess_ms: float
+
+
+def parse_params(headers: dict[str, str], config: HandlerConfig, names: dict[int, str]) -> Params:
+    """Read ``X-Yolo-Conf/Iou/Max-Det/Classes`` headers (any case); missing ones use the defaults."""
+    values = {k.lower()[len(HEADER_PREFIX) :]: v for k, v in headers.items() if k.lower().startswith(HEADER_PREFIX)}
+    conf = _unit_float(values.get("conf"), config.conf, "conf")
+    iou = _unit_float(values.get("iou"), config.iou, "iou")
+    max_det = _max_det(values.get("max-det"), config.max_det)
+    classes = parse_classes(values.get("classes"), names)
+    return Params(conf=conf, iou=iou, max_det=max_det, classes=classes)
+
+
+def _unit_float(raw: str | None, default: float, name: str) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"{name} must be a number between 0 and 1, got {raw!r}.") from None
+    if not 0.0 <= value <= 1.0:
+        raise RequestError(400, "invalid_parameter", f"{name} must be between 0 and 1, got {raw!r}.")
+    return value
+
+
+def _max_det(raw: str | None, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_DET_LIMIT:
+        raise RequestError(
+            400, "invalid_parameter", f"max_det must be an integer from 1 to {MAX_DET_LIMIT}, got {raw!r}."
+        )
+    return int(raw)
+
+
+def parse_classes(raw: str | None, names: dict[int, str]) -> tuple[int, ...] | None:
+    """Comma-separated class names or ids to keep; ``None`` keeps every class."""
+    if raw is None or not raw.strip():
+        return None
+    by_name = {name.lower(): class_id for class_id, name in names.items()}
+    wanted = []
+    for token in (t.strip() for t in raw.split(",") if t.strip()):
+        if token.isdigit() and int(token) in names:
+            wanted.append(int(token))
+        elif token.lower() in by_name:
+            wanted.append(by_name[token.lower()])
+        else:
+            known = ", ".join(f"{i}={n}" for i, n in sorted(names.items()))
+            raise RequestError(400, "invalid_parameter", f"Unknown class {token!r}; known classes: {known}.")
+    return tuple(sorted(set(wanted)))
+
+
+def request_payload(row: dict) -> bytes:
+    """The image bytes of one request, whether sent as a raw body or a form field."""
+    candidates = [row.get(key) for key in ("data", "body", "file")] + list(row.values())
+    for value in candidates:
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+    raise RequestError(415, "invalid_image", "The request body must be the raw bytes of an image.")
+
+
+def error_body(err: RequestError) -> dict:
+    return {"status": "error", "error": {"code": err.code, "message": err.message}}
