@@ -39,6 +39,8 @@ class Stack:
     management_port: int = 8086
     metrics_port: int = 8082
     gateway_port: int = 8000
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
     gateway_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,6 +102,8 @@ def render_ts_config(stack: Stack) -> Path:
             "inference_address": stack.inference_url,
             "management_address": stack.management_url,
             "metrics_address": stack.metrics_url,
+            "grpc_inference_port": str(stack.grpc_inference_port),
+            "grpc_management_port": str(stack.grpc_management_port),
             "model_store": str(store),
             "allowed_urls": f"file://{store}/.*\\.mar",
         }

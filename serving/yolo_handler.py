@@ -64,16 +64,22 @@ class YoloHandler(BaseHandler):
         return items
 
     def inference(self, items):
-        ready = [item for item in items if isinstance(item, Prepared)]
-        if not ready:
-            return items, None, 0.0
+        """One forward pass per input shape: images of one camera share a shape, so usually one pass."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for idx, item in enumerate(items):
+            if isinstance(item, Prepared):
+                groups.setdefault(item.canvas.shape, []).append(idx)
         started = time.perf_counter()
-        raw = self._forward(batch_tensor([item.canvas for item in ready]))
-        return items, raw, (time.perf_counter() - started) * 1000
+        predictions = {}
+        for indices in groups.values():
+            raw = self._forward(batch_tensor([items[i].canvas for i in indices]))
+            raw = raw[0] if isinstance(raw, (list, tuple)) else raw
+            predictions.update({idx: raw[row : row + 1] for row, idx in enumerate(indices)})
+        return items, predictions, (time.perf_counter() - started) * 1000
 
     def postprocess(self, data):
-        items, raw, inference_ms = data
-        responses, position = [], 0
+        items, predictions, inference_ms = data
+        responses = []
         for idx, item in enumerate(items):
             if isinstance(item, RequestError):
                 self.context.set_response_status(item.status, item.code, idx=idx)
@@ -87,8 +93,7 @@ class YoloHandler(BaseHandler):
                 responses.append(error_body(item))
                 continue
             started = time.perf_counter()
-            rows = self._nms(raw, position, item.params)
-            position += 1
+            rows = self._nms(predictions[idx], item.params)
             responses.append(
                 {
                     "status": "success",
@@ -108,12 +113,11 @@ class YoloHandler(BaseHandler):
         with torch.inference_mode():
             return self.backend(torch.from_numpy(batch))
 
-    def _nms(self, raw, position: int, params: Params) -> np.ndarray:
+    def _nms(self, prediction, params: Params) -> np.ndarray:
         from ultralytics.utils.nms import non_max_suppression
 
-        prediction = raw[0] if isinstance(raw, (list, tuple)) else raw
         kept = non_max_suppression(
-            prediction[position : position + 1],
+            prediction,
             conf_thres=params.conf,
             iou_thres=params.iou,
             classes=list(params.classes) if params.classes is not None else None,

@@ -53,6 +53,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = _pillow_open()(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RequestError(413, "image_too_large", f"Image refused as a decompression bomb: {exc}") from exc
         except Exception as exc:  # Pillow raises many types on hostile bytes; all mean "not an image"
             raise _unreadable(exc) from exc
     if image.format not in ALLOWED_FORMATS:
@@ -91,7 +93,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     """Convert any PIL mode (palette, alpha, CMYK, 16-bit, float) to RGB uint8."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        top = 65535.0 if pixels.max(initial=0) > 255 else 255.0  # 16-bit data, or 8-bit data in a wide container
         gray = np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -101,18 +103,22 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad to ``size`` x ``size`` (never crop)."""
+def letterbox(rgb: np.ndarray, size: int, stride: int = 32) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the long side is ``size``, then pad (never crop).
+
+    Padding goes only up to the next multiple of ``stride``, exactly as Ultralytics'
+    predictor letterboxes a single image, so served boxes and confidences equal the
+    ones ``model.predict`` gives for the same weights.
+    """
     height, width = rgb.shape[:2]
     ratio = min(size / height, size / width)
-    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-    resized = (
-        rgb if (new_w, new_h) == (width, height) else cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    )
-    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
-    top, left = round(pad_y - 0.1), round(pad_x - 0.1)
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = resized
+    new_w, new_h = round(width * ratio), round(height * ratio)
+    if (new_w, new_h) != (width, height):
+        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    pad_x, pad_y = ((size - new_w) % stride) / 2, ((size - new_h) % stride) / 2
+    top, bottom = round(pad_y - 0.1), round(pad_y + 0.1)
+    left, right = round(pad_x - 0.1), round(pad_x + 0.1)
+    canvas = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
     return canvas, Letterbox(ratio=ratio, pad_x=left, pad_y=top, width=width, height=height)
 
 

@@ -22,7 +22,7 @@ class HandlerConfig:
 
     imgsz: int = 640
     conf: float = 0.25
-    iou: float = 0.45
+    iou: float = 0.7
     max_det: int = 100
     threads: int = 2
     max_pixels: int = 40_000_000

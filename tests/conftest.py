@@ -1,0 +1,134 @@
+"""Shared fixtures: the real TorchServe + gateway, started once per session on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServe sees them inside the .mar
+
+from scripts.stack import Stack, down, set_current, up  # noqa: E402
+
+SAMPLES = ROOT / "samples"
+WEIGHTS = {
+    "1.0": ROOT / "models" / "weights" / "v1.0" / "best.pt",
+    "2.0": ROOT / "models" / "weights" / "v2.0" / "best.pt",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def package(store: Path, version: str, weights: Path | None = None, *extra: str) -> subprocess.CompletedProcess:
+    """Run the operator's packaging command exactly as documented."""
+    cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights or WEIGHTS[version]), "--version", version]
+    return subprocess.run([*cmd, "--store", str(store), *extra], cwd=ROOT, capture_output=True, text=True)
+
+
+@dataclass
+class GroundTruth:
+    name: str
+    path: Path
+    width: int
+    height: int
+    boxes: list[dict]  # {"class": name, "bbox": [x1, y1, x2, y2]}
+
+
+def load_ground_truth() -> list[GroundTruth]:
+    """samples/ground_truth.json, written by models/make_samples.py."""
+    records = json.loads((SAMPLES / "ground_truth.json").read_text())["images"]
+    return [
+        GroundTruth(
+            name,
+            SAMPLES / name,
+            r["width"],
+            r["height"],
+            [{"class": d["class"], "bbox": d["bbox"]} for d in r["defects"]],
+        )
+        for name, r in sorted(records.items())
+    ]
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assert_finds_ground_truth(detections: list[dict], truth: GroundTruth, min_iou: float = 0.5) -> None:
+    """Every labelled defect is found with the right class at IoU >= min_iou."""
+    for expected in truth.boxes:
+        best = max((iou(d["bbox"], expected["bbox"]) for d in detections if d["class"] == expected["class"]), default=0)
+        assert best >= min_iou, f"{truth.name}: {expected} not found (best IoU {best:.2f}) in {detections}"
+
+
+def assert_valid_contract(body: dict, width: int, height: int) -> None:
+    assert body["status"] == "success"
+    assert body["model"]["name"] == "yolo" and body["model"]["version"]
+    assert body["image"] == {"width": width, "height": height}
+    confidences = [d["confidence"] for d in body["detections"]]
+    assert confidences == sorted(confidences, reverse=True)
+    for d in body["detections"]:
+        x1, y1, x2, y2 = d["bbox"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, d
+        assert isinstance(d["class"], str) and isinstance(d["class_id"], int) and 0 <= d["confidence"] <= 1
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+
+
+@pytest.fixture(scope="session")
+def ground_truth() -> list[GroundTruth]:
+    return load_ground_truth()
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    """A private model store holding yolo_v1.0.mar, built by scripts/package_mar.sh."""
+    store = tmp_path_factory.mktemp("model-store")
+    result = package(store, "1.0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return store
+
+
+@dataclass
+class TestStack(Stack):
+    __test__ = False  # a fixture object, not a test class
+
+    @property
+    def sample_images(self) -> list[Path]:
+        return sorted(SAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def stack(model_store, tmp_path_factory):
+    """TorchServe (token auth on) and the gateway, as `make up` runs them, on free ports."""
+    instance = TestStack(
+        run_dir=tmp_path_factory.mktemp("run"),
+        model_store=model_store,
+        inference_port=free_port(),
+        management_port=free_port(),
+        metrics_port=free_port(),
+        gateway_port=free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
+    )
+    set_current(instance, "1.0")
+    try:
+        up(instance)
+        yield instance
+    finally:
+        down(instance)

@@ -1,0 +1,145 @@
+"""The handler's image and box math, without a server: formats, modes, EXIF, bombs, letterbox."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from yolo_image import (
+    PAD_VALUE,
+    RequestError,
+    decode_image,
+    detections_to_json,
+    letterbox,
+    unletterbox_boxes,
+)
+
+MAX_PIXELS = 40_000_000
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    rgb = np.stack([np.tile(x, (height, 1)), np.tile(x[::-1], (height, 1)), np.full((height, width), 90, np.uint8)], 2)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_common_formats_decode_to_rgb(fmt):
+    rgb = decode_image(encode(gradient(), fmt), MAX_PIXELS)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1", "I;16", "I", "F"])
+def test_every_camera_mode_becomes_rgb(mode):
+    image = gradient().convert("L").convert(mode) if mode in ("I;16", "I", "F") else gradient().convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
+    rgb = decode_image(encode(image, fmt), MAX_PIXELS)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    assert rgb.max() > 0, "content must survive the conversion"
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    rgb = decode_image(encode(Image.fromarray(values), "PNG"), MAX_PIXELS)
+    assert rgb[0, :, 0].tolist() == [0, 127, 255]
+
+
+def test_gif_uses_first_frame():
+    red, blue = Image.new("RGB", (20, 10), (255, 0, 0)), Image.new("RGB", (20, 10), (0, 0, 255))
+    data = encode(red, "GIF", save_all=True, append_images=[blue])
+    rgb = decode_image(data, MAX_PIXELS)
+    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 50
+
+
+def test_exif_orientation_makes_the_image_upright():
+    image = gradient(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    rgb = decode_image(encode(image, "JPEG", exif=exif.tobytes()), MAX_PIXELS)
+    assert rgb.shape == (64, 48, 3)
+
+
+def test_decompression_bomb_refused_before_decoding():
+    huge = encode(Image.new("L", (8000, 6000)), "PNG")
+    with pytest.raises(RequestError) as err:
+        decode_image(huge, max_pixels=10_000_000)
+    assert (err.value.status, err.value.code) == (413, "image_too_large")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"", 400, "empty_file"),
+        (b"this is a text file, not an image", 415, "invalid_image"),
+        (encode(gradient(), "JPEG")[:200], 415, "invalid_image"),
+        (b"%PDF-1.4\n" + b"0" * 100, 415, "invalid_image"),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "pdf"],
+)
+def test_bad_bytes_get_a_clear_4xx(data, status, code):
+    with pytest.raises(RequestError) as err:
+        decode_image(data, MAX_PIXELS)
+    assert (err.value.status, err.value.code) == (status, code)
+    assert err.value.message
+
+
+def test_unsupported_format_refused():
+    data = encode(gradient(), "PPM")
+    with pytest.raises(RequestError) as err:
+        decode_image(data, MAX_PIXELS)
+    assert (err.value.status, err.value.code) == (415, "unsupported_image")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (480, 640), (320, 320), (1000, 37), (100, 60)])
+def test_letterbox_keeps_the_whole_image_and_pads_to_the_stride(width, height):
+    rgb = np.full((height, width, 3), 200, dtype=np.uint8)
+    canvas, box = letterbox(rgb, 320)
+    assert canvas.shape[0] % 32 == 0 and canvas.shape[1] % 32 == 0
+    assert max(canvas.shape[:2]) == 320, "the long side fills the model input"
+    content = (canvas != PAD_VALUE).any(axis=2)
+    rows, cols = np.where(content)
+    assert rows.max() - rows.min() + 1 == round(height * box.ratio), "no rows cropped"
+    assert cols.max() - cols.min() + 1 == round(width * box.ratio), "no columns cropped"
+
+
+def test_letterbox_matches_ultralytics(ground_truth):
+    from ultralytics.data.augment import LetterBox
+
+    bgr = cv2.imread(str(ground_truth[0].path))
+    expected = LetterBox((320, 320), auto=True, stride=32)(image=bgr)
+    canvas, _ = letterbox(decode_image(ground_truth[0].path.read_bytes(), MAX_PIXELS), 320)
+    assert canvas.shape == expected.shape
+    assert np.abs(canvas.astype(int) - expected[..., ::-1].astype(int)).mean() < 1.0
+
+
+def test_boxes_map_back_to_original_pixels():
+    canvas, box = letterbox(np.zeros((720, 1280, 3), dtype=np.uint8), 640)
+    original = np.array([[100.0, 50.0, 400.0, 700.0]])
+    in_model = original * box.ratio + [box.pad_x, box.pad_y, box.pad_x, box.pad_y]
+    np.testing.assert_allclose(unletterbox_boxes(in_model, box), original, atol=1e-6)
+
+
+def test_detections_are_clipped_sorted_and_degenerate_boxes_dropped():
+    _, box = letterbox(np.zeros((100, 200, 3), dtype=np.uint8), 64)
+    rows = np.array(
+        [
+            [66, 0, 80, 10, 0.5, 1],  # entirely right of the image: collapses and is dropped
+            [-5, 20, 70, 40, 0.9, 0],  # sticks out left and right: clipped
+            [10, 20, 30, 40, 0.7, 2],
+        ]
+    )
+    detections = detections_to_json(rows, box, {0: "scratch", 1: "dent", 2: "stain"})
+    assert [d["class"] for d in detections] == ["scratch", "stain"]
+    for d in detections:
+        x1, y1, x2, y2 = d["bbox"]
+        assert 0 <= x1 < x2 <= 200 and 0 <= y1 < y2 <= 100

@@ -1,0 +1,65 @@
+"""scripts/package_mar.sh: what an operator runs to turn weights into a versioned archive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import zipfile
+
+import yaml
+
+from tests.conftest import ROOT, WEIGHTS, package
+
+
+def test_help_lists_the_options():
+    result = subprocess.run(["bash", "scripts/package_mar.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0
+    for option in ("--weights", "--version", "--name", "--force"):
+        assert option in result.stdout
+
+
+def test_builds_a_versioned_archive_and_reports_it(tmp_path):
+    result = package(tmp_path, "1.0")
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / "yolo_v1.0.mar"
+    assert f"archive: {archive}" in result.stdout
+    assert re.search(r"^version: 1\.0$", result.stdout, re.M)
+    digest = re.search(r"^sha256:\s+([0-9a-f]{64})$", result.stdout, re.M).group(1)
+    assert digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert {"model.pt", "yolo_handler.py", "yolo_image.py", "yolo_request.py", "model-config.yaml"} <= names
+    assert manifest["model"]["modelName"] == "yolo" and manifest["model"]["modelVersion"] == "1.0"
+    assert config["handler"]["imgsz"] % 32 == 0 and config["batchSize"] >= 1
+
+
+def test_never_overwrites_a_version_without_force(tmp_path):
+    assert package(tmp_path, "1.0").returncode == 0
+    archive = tmp_path / "yolo_v1.0.mar"
+    before = archive.read_bytes()
+    again = package(tmp_path, "1.0", WEIGHTS["2.0"])
+    assert again.returncode != 0
+    assert "exists" in again.stderr and "--force" in again.stderr
+    assert archive.read_bytes() == before
+    forced = package(tmp_path, "1.0", WEIGHTS["2.0"], "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert archive.read_bytes() != before
+
+
+def test_broken_weights_are_refused_before_packaging(tmp_path):
+    bogus = tmp_path / "broken.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    result = package(tmp_path, "9.0", bogus)
+    assert result.returncode != 0
+    assert "does not load" in result.stderr
+    assert not list(tmp_path.glob("*.mar"))
+
+
+def test_bad_version_and_missing_weights_are_refused(tmp_path):
+    assert "version must look like" in package(tmp_path, "v1", WEIGHTS["1.0"]).stderr
+    assert "not found" in package(tmp_path, "1.1", tmp_path / "nope.pt").stderr

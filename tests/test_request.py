@@ -1,0 +1,62 @@
+"""Per-request parameters and archive defaults, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from yolo_image import RequestError
+from yolo_request import HandlerConfig, parse_classes, parse_params, request_payload
+
+NAMES = {0: "scratch", 1: "dent", 2: "stain"}
+CONFIG = HandlerConfig(imgsz=320, conf=0.25, iou=0.45, max_det=100)
+
+
+def test_defaults_come_from_the_archive_config():
+    params = parse_params({}, CONFIG, NAMES)
+    assert (params.conf, params.iou, params.max_det, params.classes) == (0.25, 0.45, 100, None)
+
+
+def test_headers_override_in_any_case():
+    headers = {"X-Yolo-Conf": "0.6", "x-yolo-iou": "0.3", "X-YOLO-MAX-DET": "5", "X-Yolo-Classes": "stain, 0"}
+    params = parse_params(headers, CONFIG, NAMES)
+    assert (params.conf, params.iou, params.max_det, params.classes) == (0.6, 0.3, 5, (0, 2))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Yolo-Conf": "1.5"},
+        {"X-Yolo-Conf": "abc"},
+        {"X-Yolo-Iou": "-0.1"},
+        {"X-Yolo-Max-Det": "0"},
+        {"X-Yolo-Max-Det": "5000"},
+        {"X-Yolo-Max-Det": "2.5"},
+        {"X-Yolo-Classes": "rust"},
+        {"X-Yolo-Classes": "7"},
+    ],
+)
+def test_bad_parameters_are_400_with_a_reason(headers):
+    with pytest.raises(RequestError) as err:
+        parse_params(headers, CONFIG, NAMES)
+    assert err.value.status == 400 and err.value.code == "invalid_parameter" and err.value.message
+
+
+def test_unknown_class_message_lists_the_known_ones():
+    with pytest.raises(RequestError, match="0=scratch, 1=dent, 2=stain"):
+        parse_classes("rust", NAMES)
+
+
+def test_config_reads_the_handler_section_and_checks_the_size():
+    config = HandlerConfig.from_yaml({"imgsz": 416, "conf": 0.4, "unrelated": 1})
+    assert (config.imgsz, config.conf, config.iou) == (416, 0.4, 0.7)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        HandlerConfig.from_yaml({"imgsz": 300})
+
+
+def test_payload_from_raw_body_or_form_field():
+    assert request_payload({"body": bytearray(b"abc")}) == b"abc"
+    assert request_payload({"data": b"xyz"}) == b"xyz"
+    assert request_payload({"file": b"123"}) == b"123"
+    with pytest.raises(RequestError) as err:
+        request_payload({"body": {"json": "object"}})
+    assert err.value.status == 415
