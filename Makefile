@@ -10,9 +10,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 VERSION ?= 1.0
 WEIGHTS ?= models/weights/v$(VERSION)/best.pt
-FORMAT ?= pt
 
-.PHONY: help venv package up down status logs test lint
+.PHONY: help venv archive package up down status logs test lint compose-up compose-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,3 +22,35 @@ $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
+
+archive: venv ## Build yolo_v$(VERSION).mar if missing and point the cold start at it if nothing is deployed
+	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	@test -L serving/model-store/yolo_current.mar || $(PY) -m scripts.stack set-current $(VERSION)
+
+package: venv ## Package WEIGHTS as VERSION (FORCE=1 to rebuild an existing version)
+	bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) $(if $(FORCE),--force)
+
+up: archive ## Set everything up and start TorchServe + gateway (idempotent)
+	$(PY) -m scripts.stack up
+
+down: ## Stop the gateway and TorchServe
+	@if [ -x $(PY) ]; then $(PY) -m scripts.stack down; else echo "nothing to stop (no .venv)"; fi
+
+status: venv ## Show processes, deployed version and readiness
+	$(PY) -m scripts.stack status
+
+logs: venv ## Tail the stack's logs
+	$(PY) -m scripts.stack logs
+
+lint: venv ## Static checks
+	$(VENV)/bin/ruff check serving gateway scripts models tests
+	$(VENV)/bin/ruff format --check serving gateway scripts models tests
+
+test: venv ## Set everything up and run the whole test suite
+	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+compose-up: archive ## Build and start the containerised stack (needs Docker)
+	MODEL_VERSION=$(VERSION) docker compose up --build --detach --wait
+
+compose-down: ## Stop the containerised stack (keeps Prometheus/Grafana data)
+	docker compose down

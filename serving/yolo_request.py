@@ -6,6 +6,8 @@ Plain code with no TorchServe dependency, so tests can call it directly; shipped
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,11 +109,17 @@ def parse_classes(raw: str | None, names: dict[int, str]) -> tuple[int, ...] | N
 
 
 def request_payload(row: dict) -> bytes:
-    """The image bytes of one request, whether sent as a raw body or a form field."""
+    """The image bytes of one request: a raw body, a form field, or base64 text (KServe's v1 protocol)."""
     candidates = [row.get(key) for key in ("data", "body", "file")] + list(row.values())
     for value in candidates:
         if isinstance(value, (bytes, bytearray)):
             return bytes(value)
+    for value in candidates:
+        if isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except binascii.Error:
+                break
     raise RequestError(415, "invalid_image", "The request body must be the raw bytes of an image.")
 
 

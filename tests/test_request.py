@@ -57,6 +57,9 @@ def test_payload_from_raw_body_or_form_field():
     assert request_payload({"body": bytearray(b"abc")}) == b"abc"
     assert request_payload({"data": b"xyz"}) == b"xyz"
     assert request_payload({"file": b"123"}) == b"123"
+    assert request_payload({"data": "aW1hZ2U="}) == b"image"  # KServe v1 sends base64 text
     with pytest.raises(RequestError) as err:
         request_payload({"body": {"json": "object"}})
+    with pytest.raises(RequestError):
+        request_payload({"body": "not base64 at all!"})
     assert err.value.status == 415
