@@ -187,10 +187,14 @@ class TorchServeClient:
             raise APIError(404, "model_not_found", f"{what} {self.settings.model_name!r} is not loaded: {text}")
         if response.status_code == 413:
             raise APIError(413, "file_too_large", f"TorchServe refused the upload size: {text}")
-        if response.status_code == 503 and "worker" in text.lower():
-            raise APIError(503, "no_ready_worker", f"No TorchServe worker is ready: {text}", retry)
-        if response.status_code == 503 and "queue" in text.lower():
-            raise APIError(503, "queue_full", f"TorchServe's job queue is full: {text}", retry)
+        if response.status_code == 503 and "has no worker" in text:
+            # TorchServe gives this one answer both when no worker is ready and when its job queue is full.
+            raise APIError(
+                503,
+                "no_capacity",
+                f"TorchServe cannot take the request now (no ready worker or full queue): {text}",
+                retry,
+            )
         if response.status_code in (408, 504):
             raise APIError(504, "upstream_timeout", f"TorchServe timed out: {text}")
         raise APIError(502, "inference_failed", f"TorchServe answered {response.status_code}: {text}")
