@@ -47,6 +47,7 @@ lint: venv ## Static checks
 	$(VENV)/bin/ruff format --check serving gateway scripts models tests
 
 test: venv ## Set everything up and run the whole test suite
+	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 compose-up: archive ## Build and start the containerised stack (needs Docker)

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.routes import health, models, predict
+from gateway.routes import health, models, predict, ui
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 
@@ -38,5 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

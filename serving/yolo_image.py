@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
 PAD_VALUE = 114  # Ultralytics' letterbox grey: the model was trained on it.
@@ -86,7 +86,10 @@ def _pillow_open():
 
 
 def _unreadable(exc: Exception) -> RequestError:
-    return RequestError(415, "invalid_image", f"The file is not a decodable image ({exc}).")
+    reason = (
+        "the format is not recognised" if isinstance(exc, UnidentifiedImageError) else str(exc) or type(exc).__name__
+    )
+    return RequestError(415, "invalid_image", f"The file is not a decodable image: {reason}.")
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

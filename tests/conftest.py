@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -17,7 +18,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServe sees them inside the .mar
 
-from scripts.stack import Stack, down, set_current, up  # noqa: E402
+import httpx  # noqa: E402
+
+from scripts.stack import Stack, down, set_current, start_gateway, stop_service, up, wait_until  # noqa: E402
 
 SAMPLES = ROOT / "samples"
 WEIGHTS = {
@@ -132,3 +135,37 @@ def stack(model_store, tmp_path_factory):
         yield instance
     finally:
         down(instance)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def extra_gateway(stack, tmp_path):
+    """Start another gateway process in front of the session's TorchServe, with extra settings.
+
+    Returns the new gateway's Stack (``.gateway_url``), so a test can also stop it.
+    """
+    started = []
+
+    def start(**env: str) -> Stack:
+        instance = dataclasses.replace(
+            stack,
+            run_dir=tmp_path / f"gateway{len(started)}",
+            gateway_port=free_port(),
+            gateway_env={"GATEWAY_TS_KEY_FILE": str(stack.key_file), **env},
+        )
+        instance.run_dir.mkdir()
+        pid = start_gateway(instance)
+        started.append(instance)
+        live = f"{instance.gateway_url}/health/live"
+        wait_until(lambda: answers(live), "extra gateway", 30, pid, instance.log_dir / "gateway.log")
+        return instance
+
+    yield start
+    for instance in started:
+        stop_service(instance, "gateway")

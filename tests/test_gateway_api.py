@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import subprocess
 import time
@@ -11,41 +10,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from scripts.stack import start_gateway, stop_service, wait_until
+from scripts.stack import wait_until
 from tests.conftest import ROOT, assert_finds_ground_truth, assert_valid_contract, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def extra_gateway(stack, tmp_path):
-    """Start another gateway process in front of the same TorchServe, with extra settings."""
-    started = []
-
-    def start(**env: str) -> str:
-        instance = dataclasses.replace(
-            stack,
-            run_dir=tmp_path / f"gw{len(started)}",
-            gateway_port=free_port(),
-            gateway_env={"GATEWAY_TS_KEY_FILE": str(stack.key_file), **env},
-        )
-        instance.run_dir.mkdir()
-        pid = start_gateway(instance)
-        started.append(instance)
-        live = f"{instance.gateway_url}/health/live"
-        wait_until(lambda: _ok(live), "extra gateway", 30, pid, instance.log_dir / "gateway.log")
-        return instance.gateway_url
-
-    yield start
-    for instance in started:
-        stop_service(instance, "gateway")
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_batch_keeps_request_order_and_per_file_status(stack, ground_truth):
@@ -65,7 +33,7 @@ def test_batch_keeps_request_order_and_per_file_status(stack, ground_truth):
 
 
 def test_batch_refuses_more_files_than_the_cap(extra_gateway, ground_truth):
-    url = extra_gateway(GATEWAY_MAX_BATCH_FILES="2")
+    url = extra_gateway(GATEWAY_MAX_BATCH_FILES="2").gateway_url
     data = ground_truth[0].path.read_bytes()
     response = httpx.post(f"{url}/predict/batch", files=[("files", ("a.jpg", data))] * 3, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_files"
@@ -87,7 +55,7 @@ def test_annotated_image_format(stack, ground_truth):
 
 
 def test_api_keys_guard_predict_routes_only(extra_gateway, ground_truth):
-    url = extra_gateway(GATEWAY_API_KEYS="alpha-key,beta-key")
+    url = extra_gateway(GATEWAY_API_KEYS="alpha-key,beta-key").gateway_url
     data = ground_truth[0].path.read_bytes()
 
     def predict(headers: dict) -> httpx.Response:
@@ -130,7 +98,7 @@ def test_openapi_documents_the_real_models(stack):
 
 
 def test_torchserve_unreachable_is_503_with_retry_after(extra_gateway, ground_truth):
-    url = extra_gateway(GATEWAY_TS_INFERENCE_URL=f"http://127.0.0.1:{free_port()}")
+    url = extra_gateway(GATEWAY_TS_INFERENCE_URL=f"http://127.0.0.1:{free_port()}").gateway_url
     response = httpx.post(f"{url}/predict", files={"file": ("a.jpg", ground_truth[0].path.read_bytes())}, timeout=30)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "torchserve_unavailable"
@@ -138,7 +106,7 @@ def test_torchserve_unreachable_is_503_with_retry_after(extra_gateway, ground_tr
 
 
 def test_missing_key_file_is_503_not_a_crash(extra_gateway, ground_truth, tmp_path):
-    url = extra_gateway(GATEWAY_TS_KEY_FILE=str(tmp_path / "absent.json"))
+    url = extra_gateway(GATEWAY_TS_KEY_FILE=str(tmp_path / "absent.json")).gateway_url
     response = httpx.post(f"{url}/predict", files={"file": ("a.jpg", ground_truth[0].path.read_bytes())}, timeout=30)
     assert response.status_code == 503 and response.json()["error"]["code"] == "torchserve_unavailable"
     health = httpx.get(f"{url}/health", timeout=10)
@@ -146,7 +114,7 @@ def test_missing_key_file_is_503_not_a_crash(extra_gateway, ground_truth, tmp_pa
 
 
 def test_upstream_timeout_is_504(extra_gateway, ground_truth):
-    url = extra_gateway(GATEWAY_UPSTREAM_TIMEOUT_S="0.001")
+    url = extra_gateway(GATEWAY_UPSTREAM_TIMEOUT_S="0.001").gateway_url
     response = httpx.post(f"{url}/predict", files={"file": ("a.jpg", ground_truth[0].path.read_bytes())}, timeout=30)
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
 
