@@ -12,6 +12,11 @@ VERSION ?= 1.0
 WEIGHTS ?= models/weights/v$(VERSION)/best.pt
 
 .PHONY: help venv archive package up down status logs test lint compose-up compose-down
+.PHONY: redeploy rollback canary promote history
+
+# VERSION only when the operator set it (the default above is for `make up`)
+GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
+NEED_VERSION = @test -n "$(GIVEN_VERSION)" || { echo "error: say which version: make $@ VERSION=2.0" >&2; exit 1; }
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +54,27 @@ lint: venv ## Static checks
 test: venv ## Set everything up and run the whole test suite
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+redeploy: venv ## Package WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
+	$(NEED_VERSION)
+	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	bash scripts/deploy.sh $(VERSION)
+
+rollback: venv ## Abort a canary, or go back to the previous version (or VERSION=...)
+	bash scripts/rollback.sh $(GIVEN_VERSION)
+
+canary: venv ## Package (unless packaged) and canary VERSION on PERCENT % of /predict traffic
+	$(NEED_VERSION)
+	@test -n "$(PERCENT)" || { echo "error: say how much traffic: make canary VERSION=$(VERSION) PERCENT=20" >&2; exit 1; }
+	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	bash scripts/deploy.sh $(VERSION) --canary $(PERCENT)
+
+promote: venv ## Make the running canary VERSION the default
+	$(NEED_VERSION)
+	bash scripts/deploy.sh $(VERSION) --promote
+
+history: venv ## Print the deploy history (who, when, version, sha256, result)
+	$(PY) -m scripts.deploy history
 
 compose-up: archive ## Build and start the containerised stack (needs Docker)
 	MODEL_VERSION=$(VERSION) docker compose up --build --detach --wait

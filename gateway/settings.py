@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(64, gt=0, description="pooled connections to TorchServe")
     token_refresh_margin_s: float = Field(300.0, ge=0, description="refresh a TorchServe key this long before expiry")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 answers")
+    canary_file: Path | None = Field(None, description="canary state written by scripts/deploy.py (absent: no canary)")
 
     @cached_property
     def api_key_set(self) -> frozenset[str]:

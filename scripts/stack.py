@@ -208,6 +208,7 @@ def start_gateway(stack: Stack) -> int:
         "GATEWAY_TS_MANAGEMENT_URL": stack.management_url,
         "GATEWAY_TS_KEY_FILE": str(stack.key_file),
         "GATEWAY_MODEL_NAME": stack.model_name,
+        "GATEWAY_CANARY_FILE": str(stack.run_dir / "canary.json"),
         **stack.gateway_env,
     }
     cmd = [

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.annotate import annotate
+from gateway.canary import canary_for
 from gateway.deps import get_metrics, get_settings, get_upstream, require_api_key
 from gateway.errors import APIError, error_content
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
@@ -74,12 +75,13 @@ class PredictParams(InferenceParams):
 
 
 async def predict_one(request: Request, data: bytes, params: InferenceParams) -> tuple[int, dict]:
-    """Forward one image; return the HTTP status and the contract body (success or error)."""
+    """Forward one image (to the pinned version, else the canary's share or the default); return status and body."""
     metrics = get_metrics(request)
     metrics.upload_bytes.observe(len(data))
     started = time.perf_counter()
+    version = params.version or canary_for(request).pick()
     try:
-        result = await get_upstream(request).predict(data, params.version, params.upstream_headers())
+        result = await get_upstream(request).predict(data, version, params.upstream_headers())
     except APIError as exc:
         return exc.status, error_content(exc.code, exc.message)
     body = result.body

@@ -1,0 +1,536 @@
+"""Deploy, canary, promote and roll back model versions on a running TorchServe, dropping no request.
+
+Everything goes through the management API: the candidate is registered next to the
+serving version, gated on the labelled samples through ``/predictions/<name>/<version>``,
+then made the default with ``set-default``, which TorchServe switches atomically, so
+requests in flight finish on the version they started on. The previous version stays
+loaded for an instant rollback. The cold-start pointer (``<name>_current.mar``) follows
+every switch, so a restarted TorchServe comes back on the version last chosen, and each
+action is appended to ``<run_dir>/deploy_history.jsonl``.
+
+A canary is a candidate that is registered and gated but not made the default: the
+gateway sends ``percent`` % of unpinned ``/predict`` traffic to it, reading
+``<run_dir>/canary.json`` (written here, atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from gateway.canary import Canary
+from scripts.package_mar import VERSION_RE, sha256sum
+from scripts.stack import ROOT, Stack, ready_workers, set_current, wait_until
+
+SAMPLES = ROOT / "samples"
+DEFAULT_KEEP = int(os.environ.get("DEPLOY_KEEP", "1"))
+DEFAULT_DRAIN_S = float(os.environ.get("DEPLOY_DRAIN_S", "3"))
+SWITCHES = ("deploy", "promote", "rollback")  # history actions that change the default version
+
+
+class DeployError(Exception):
+    """A refusal or failure to report to the operator as one clear line; nothing serving was changed."""
+
+
+def history_path(stack: Stack) -> Path:
+    return stack.run_dir / "deploy_history.jsonl"
+
+
+def canary_path(stack: Stack) -> Path:
+    """Same path ``scripts.stack.start_gateway`` hands the gateway as ``GATEWAY_CANARY_FILE``."""
+    return stack.run_dir / "canary.json"
+
+
+def archive_for(stack: Stack, version: str) -> Path:
+    return stack.model_store / f"{stack.model_name}_v{version}.mar"
+
+
+class Management:
+    """Management and inference calls with TorchServe's token auth; a key refused as stale is renewed once."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.client = httpx.Client(timeout=httpx.Timeout(60, connect=5))
+
+    def _key(self, kind: str) -> str:
+        try:
+            return json.loads(self.stack.key_file.read_text())[kind]["key"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DeployError(f"TorchServe is not running for {self.stack.run_dir} (no {self.stack.key_file})") from exc
+
+    def _renew(self, kind: str) -> None:
+        self.client.post(
+            f"{self.stack.management_url}/token",
+            params={"type": kind},
+            headers={"Authorization": f"Bearer {self._key('API')}"},
+        )
+
+    def call(self, kind: str, method: str, url: str, timeout: float = 60, **kwargs) -> httpx.Response:
+        for attempt in range(2):
+            try:
+                response = self.client.request(
+                    method, url, headers={"Authorization": f"Bearer {self._key(kind)}"}, timeout=timeout, **kwargs
+                )
+            except httpx.HTTPError as exc:
+                raise DeployError(f"TorchServe does not answer at {url}: {exc.__class__.__name__}") from exc
+            stale = response.status_code == 401 or "InvalidKeyException" in response.text
+            if not stale or attempt:
+                return response
+            self._renew(kind)
+        raise AssertionError("unreachable")
+
+    def _model_url(self, suffix: str = "") -> str:
+        return f"{self.stack.management_url}/models/{self.stack.model_name}{suffix}"
+
+    def default_version(self) -> str | None:
+        response = self.call("management", "GET", self._model_url())
+        return response.json()[0]["modelVersion"] if response.status_code == 200 else None
+
+    def loaded_versions(self) -> list[str]:
+        response = self.call("management", "GET", self._model_url("/all"))
+        return [entry["modelVersion"] for entry in response.json()] if response.status_code == 200 else []
+
+    def register(self, version: str) -> None:
+        """Register the archive and return once its workers started (TorchServe's synchronous mode)."""
+        response = self.call(
+            "management",
+            "POST",
+            f"{self.stack.management_url}/models",
+            timeout=300,
+            params={
+                "url": archive_for(self.stack, version).name,
+                "model_name": self.stack.model_name,
+                "initial_workers": 1,
+                "synchronous": "true",
+            },
+        )
+        if response.status_code != 200:
+            raise DeployError(f"TorchServe refused to load {version}: {_message(response)}")
+
+    def set_default(self, version: str) -> None:
+        response = self.call("management", "PUT", self._model_url(f"/{version}/set-default"))
+        if response.status_code != 200:
+            raise DeployError(f"TorchServe refused to make {version} the default: {_message(response)}")
+
+    def unregister(self, version: str) -> None:
+        response = self.call("management", "DELETE", self._model_url(f"/{version}"), timeout=120)
+        if response.status_code not in (200, 404):
+            raise DeployError(f"TorchServe refused to unload {version}: {_message(response)}")
+
+    def predict(self, version: str, image: bytes) -> httpx.Response:
+        url = f"{self.stack.inference_url}/predictions/{self.stack.model_name}/{version}"
+        return self.call("inference", "POST", url, content=image)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return response.json().get("message", response.text)
+    except ValueError:
+        return response.text[:300]
+
+
+def check_archive(stack: Stack, version: str) -> Path:
+    """Refuse a missing, non-.mar or mislabelled archive before TorchServe sees it."""
+    archive = archive_for(stack, version)
+    if not archive.is_file():
+        raise DeployError(f"no archive {archive}; build it with scripts/package_mar.sh --version {version}")
+    try:
+        with zipfile.ZipFile(archive) as mar:
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise DeployError(f"{archive} is not a TorchServe archive ({exc.__class__.__name__}: {exc})") from exc
+    found = (manifest.get("modelName"), manifest.get("modelVersion"))
+    if found != (stack.model_name, version):
+        raise DeployError(f"{archive} holds {found[0]} v{found[1]}, not {stack.model_name} v{version}")
+    return archive
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def contract_problems(body: dict, version: str, width: int, height: int) -> list[str]:
+    if body.get("status") != "success":
+        return [f"status {body.get('status')!r}: {body.get('error')}"]
+    problems = []
+    if body.get("model", {}).get("version") != version:
+        problems.append(f"answered as version {body.get('model')}")
+    if body.get("image") != {"width": width, "height": height}:
+        problems.append(f"image size {body.get('image')} instead of {width}x{height}")
+    for d in body.get("detections", []):
+        x1, y1, x2, y2 = d["bbox"]
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height and 0 <= d["confidence"] <= 1):
+            problems.append(f"detection out of bounds: {d}")
+    return problems
+
+
+def quality_gate(ts: Management, version: str, samples: Path = SAMPLES) -> list[str]:
+    """Every labelled defect of every sample must be found (right class, IoU >= 0.5) by ``version`` alone."""
+    images = json.loads((samples / "ground_truth.json").read_text())["images"]
+    labelled = {name: truth for name, truth in sorted(images.items()) if truth["defects"]}
+    if not labelled:
+        return [f"{samples / 'ground_truth.json'} has no labelled defects to check against"]
+    problems = []
+    for name, truth in labelled.items():
+        response = ts.predict(version, (samples / name).read_bytes())
+        if response.status_code != 200:
+            problems.append(f"{name}: HTTP {response.status_code} {_message(response)}")
+            continue
+        body = response.json()
+        problems += [f"{name}: {p}" for p in contract_problems(body, version, truth["width"], truth["height"])]
+        for expected in truth["defects"]:
+            found = [d["bbox"] for d in body.get("detections", []) if d["class"] == expected["class"]]
+            best = max((iou(box, expected["bbox"]) for box in found), default=0.0)
+            if best < 0.5:
+                problems.append(f"{name}: {expected['class']} at {expected['bbox']} not found (best IoU {best:.2f})")
+    return problems
+
+
+def read_history(stack: Stack) -> list[dict]:
+    path = history_path(stack)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record(stack: Stack, action: str, version: str, previous: str | None, result: str = "ok", **extra) -> dict:
+    archive = archive_for(stack, version)
+    entry = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "who": getpass.getuser(),
+        "action": action,
+        "version": version,
+        "previous": previous,
+        "sha256": sha256sum(archive) if archive.is_file() else None,
+        "result": result,
+        **extra,
+    }
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    with history_path(stack).open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def lineage(history: list[dict]) -> list[str]:
+    """The versions that served one after another; a rollback goes back down this chain."""
+    chain: list[str] = []
+    for entry in history:
+        if entry["result"] != "ok" or entry["action"] not in SWITCHES:
+            continue
+        if entry["action"] == "rollback" and entry["version"] in chain:
+            del chain[len(chain) - chain[::-1].index(entry["version"]) :]
+            continue
+        if not chain and entry["previous"]:
+            chain.append(entry["previous"])
+        chain.append(entry["version"])
+    return chain
+
+
+def previous_version(history: list[dict], current: str) -> str | None:
+    chain = lineage(history)
+    if current not in chain:
+        return None
+    at = len(chain) - 1 - chain[::-1].index(current)
+    return chain[at - 1] if at else None
+
+
+def read_canary(stack: Stack) -> Canary | None:
+    try:
+        data = json.loads(canary_path(stack).read_text())
+    except FileNotFoundError:
+        return None
+    return Canary(str(data["version"]), float(data["percent"]))
+
+
+def write_canary(stack: Stack, canary: Canary | None) -> None:
+    """Replace the canary file in one rename, so the gateway never reads half of it."""
+    path = canary_path(stack)
+    if canary is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"version": canary.version, "percent": canary.percent}))
+    os.replace(tmp, path)
+
+
+def _serving(ts: Management) -> str:
+    current = ts.default_version()
+    if current is None:
+        raise DeployError(f"model {ts.stack.model_name!r} is not registered in TorchServe; start the stack first")
+    return current
+
+
+def _check_version(version: str) -> None:
+    if not VERSION_RE.match(version):
+        raise DeployError(f"version must look like 1.0 or 2.1.3, got {version!r}")
+
+
+def _load_and_gate(ts: Management, version: str, previous: str, action: str, out) -> None:
+    """Load ``version`` unless it is, and gate it; on failure unload what this call loaded and record the refusal."""
+    stack = ts.stack
+    loaded_now = version not in ts.loaded_versions()
+    try:
+        if loaded_now:
+            archive = check_archive(stack, version)
+            out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) next to {previous} ...")
+            ts.register(version)
+        wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
+        out(f"{version}: worker ready; quality gate on the labelled samples ...")
+        problems = quality_gate(ts, version)
+        if problems:
+            raise DeployError(f"{version} failed the quality gate:\n  " + "\n  ".join(problems))
+    except (DeployError, TimeoutError) as exc:
+        if loaded_now and version in ts.loaded_versions():
+            ts.unregister(version)
+        record(stack, "refused", version, previous, result="refused", attempted=action, reason=str(exc))
+        raise DeployError(f"refused {version}; {previous} keeps serving. {exc}") from exc
+    out(f"{version}: quality gate passed")
+
+
+def _switch(ts: Management, version: str, previous: str, action: str, keep: int, drain_s: float, out) -> None:
+    """Make ``version`` the default, move the cold-start pointer, record it, unload what is past ``keep``."""
+    ts.set_default(version)
+    set_current(ts.stack, version)
+    record(ts.stack, action, version, previous)
+    out(f"{version} is now the default (was {previous}); cold start loads {archive_for(ts.stack, version).name}")
+    unload_extras(ts, version, keep, drain_s, out)
+
+
+def unload_extras(ts: Management, current: str, keep: int, drain_s: float, out) -> None:
+    """Keep the ``keep`` versions that served most recently (besides the default) and unload the rest."""
+    canary = read_canary(ts.stack)
+    served: dict[str, int] = {}
+    for at, entry in enumerate(read_history(ts.stack)):
+        if entry["result"] == "ok" and entry["action"] in SWITCHES:
+            if entry["previous"]:
+                served[entry["previous"]] = at
+            served[entry["version"]] = at + 1
+    others = [v for v in ts.loaded_versions() if v != current and not (canary and canary.version == v)]
+    others.sort(key=lambda v: (served.get(v, -1), [int(p) for p in v.split(".")]), reverse=True)
+    stale = others[keep:]
+    if stale:
+        time.sleep(drain_s)  # requests routed to them just before the switch finish first
+    for version in stale:
+        ts.unregister(version)
+        out(f"unloaded {version} (keeping {keep} previous version{'s' if keep != 1 else ''} loaded)")
+
+
+def deploy(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print) -> str:
+    """Gate ``version`` and make it the default; a no-op when it already is."""
+    _check_version(version)
+    ts = Management(stack)
+    current = _serving(ts)
+    canary = read_canary(stack)
+    if canary and canary.version != version:
+        raise DeployError(f"a canary of {canary.version} is running; promote it or abort it with rollback.sh first")
+    if current == version and canary is None:
+        set_current(stack, version)
+        out(f"{version} is already the default; nothing to do")
+        return version
+    _load_and_gate(ts, version, current, "deploy", out)
+    _switch(ts, version, current, "deploy", keep, drain_s, out)
+    write_canary(stack, None)
+    return version
+
+
+def start_canary(
+    stack: Stack, version: str, percent: float, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print
+) -> Canary:
+    """Load and gate ``version`` without promoting it, then let the gateway send it ``percent`` % of traffic."""
+    _check_version(version)
+    if not 0 < percent < 100:
+        raise DeployError(f"canary percent must be between 0 and 100 (exclusive), got {percent}")
+    ts = Management(stack)
+    current = _serving(ts)
+    if version == current:
+        raise DeployError(f"{version} is already the default; a canary needs a new version")
+    running = read_canary(stack)
+    if running and running.version != version:
+        raise DeployError(f"a canary of {running.version} is running; promote it or abort it with rollback.sh first")
+    wanted = Canary(version, float(percent))
+    if running == wanted:
+        out(f"canary of {version} at {percent:g}% is already running; nothing to do")
+        return wanted
+    if running is None:
+        _load_and_gate(ts, version, current, "canary", out)
+    write_canary(stack, wanted)
+    record(stack, "canary", version, current, percent=wanted.percent)
+    out(f"canary: {percent:g}% of /predict traffic goes to {version}, the rest to {current}")
+    out(f"finish with: scripts/deploy.sh {version} --promote   abort with: scripts/rollback.sh")
+    return wanted
+
+
+def promote(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print) -> str:
+    """Finish a canary: its version becomes the default and the gateway stops splitting traffic."""
+    ts = Management(stack)
+    current = _serving(ts)
+    canary = read_canary(stack)
+    if canary is None or canary.version != version:
+        if current == version:
+            out(f"{version} is already the default; nothing to do")
+            return version
+        running = f"the running canary is {canary.version}" if canary else "no canary is running"
+        raise DeployError(f"cannot promote {version}: {running} (start one with deploy.sh {version} --canary PERCENT)")
+    ts.set_default(version)
+    write_canary(stack, None)
+    set_current(stack, version)
+    record(stack, "promote", version, current, percent=canary.percent)
+    out(f"{version} promoted to default (was {current}); cold start loads {archive_for(stack, version).name}")
+    unload_extras(ts, version, keep, drain_s, out)
+    return version
+
+
+def rollback(
+    stack: Stack, version: str | None = None, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print
+) -> str:
+    """Abort a running canary, or go back to ``version`` (default: the version served before this one)."""
+    ts = Management(stack)
+    current = _serving(ts)
+    canary = read_canary(stack)
+    if canary:
+        write_canary(stack, None)
+        time.sleep(drain_s)  # let requests already sent to the candidate finish
+        if canary.version != current:
+            ts.unregister(canary.version)
+        record(stack, "rollback", current, current, aborted_canary=canary.version)
+        out(f"canary of {canary.version} aborted and unloaded; all traffic on {current}")
+        if version is None or version == current:
+            return current
+    if version is None:
+        version = previous_version(read_history(stack), current)
+        if version is None:
+            raise DeployError(
+                f"nothing to roll back to: the deploy history has no version before {current}; "
+                "name one: rollback.sh VERSION"
+            )
+    _check_version(version)
+    if version == current:
+        set_current(stack, version)
+        out(f"{version} is already the default; nothing to do")
+        return version
+    if version in ts.loaded_versions():
+        out(f"{version} is still loaded: switching instantly")
+    else:
+        _load_and_gate(ts, version, current, "rollback", out)
+    _switch(ts, version, current, "rollback", keep, drain_s, out)
+    return version
+
+
+def print_history(stack: Stack, out=print) -> None:
+    entries = read_history(stack)
+    if not entries:
+        out(f"no deployments recorded in {history_path(stack)}")
+    for e in entries:
+        extra = {k: v for k, v in e.items() if k not in ("when", "who", "action", "version", "previous", "sha256")}
+        if "reason" in extra:  # one line per entry; the file keeps the whole reason
+            lines = extra["reason"].splitlines()
+            extra["reason"] = lines[0].rstrip(":") + (f" ({len(lines) - 1} more lines)" if len(lines) > 1 else "")
+        sha = (e["sha256"] or "-")[:12]
+        detail = " ".join(f"{k}={v}" for k, v in extra.items() if k != "result")
+        out(
+            f"{e['when']}  {e['who']:<10} {e['action']:<8} {e['version']:<7} prev={e['previous']}  {sha}  "
+            f"{e['result']}  {detail}".rstrip()
+        )
+
+
+def stack_from_env(args: argparse.Namespace) -> Stack:
+    """The ``make up`` stack, or the one the options / STACK_* environment variables point at."""
+    stack = Stack()
+    overrides = {
+        "run_dir": Path(args.run_dir) if args.run_dir else stack.run_dir,
+        "model_store": Path(args.model_store) if args.model_store else stack.model_store,
+        "inference_port": args.inference_port or stack.inference_port,
+        "management_port": args.management_port or stack.management_port,
+    }
+    return Stack(**overrides)
+
+
+def _stack_options() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("stack (default: the `make up` stack)")
+    group.add_argument("--run-dir", default=env("STACK_RUN_DIR"), help="runtime dir [env STACK_RUN_DIR] (var/)")
+    group.add_argument("--model-store", default=env("STACK_MODEL_STORE"), help="[env STACK_MODEL_STORE]")
+    group.add_argument("--inference-port", type=int, default=env("STACK_INFERENCE_PORT"), help="(8085)")
+    group.add_argument("--management-port", type=int, default=env("STACK_MANAGEMENT_PORT"), help="(8086)")
+    tuning = parent.add_argument_group("switching")
+    tuning.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help="previous versions kept loaded for instant rollback [env DEPLOY_KEEP] (%(default)s)",
+    )
+    tuning.add_argument(
+        "--drain",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        help="seconds given to in-flight requests before a version is unloaded [env DEPLOY_DRAIN_S] (%(default)s)",
+    )
+    return parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    common = _stack_options()
+    parser = argparse.ArgumentParser(prog="scripts.deploy", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    dep = sub.add_parser(
+        "deploy",
+        prog="scripts/deploy.sh",
+        parents=[common],
+        help="deploy, canary or promote a version",
+        description="Register VERSION's archive, gate it on the labelled samples, make it the default "
+        "(or a canary), keep the previous version loaded and record it in the deploy history.",
+    )
+    dep.add_argument("version", help="version packaged as <model-store>/yolo_vVERSION.mar")
+    mode = dep.add_mutually_exclusive_group()
+    mode.add_argument("--canary", type=float, metavar="PERCENT", help="send PERCENT %% of /predict to it, no promote")
+    mode.add_argument("--promote", action="store_true", help="finish the running canary of VERSION")
+    back = sub.add_parser(
+        "rollback",
+        prog="scripts/rollback.sh",
+        parents=[common],
+        help="abort a canary or go back to a version",
+        description="Abort a running canary, or make VERSION (default: the version served before the current "
+        "one) the default again: instant when it is still loaded, re-registered from its archive when not.",
+    )
+    back.add_argument("version", nargs="?", help="version to go back to (default: the previous one)")
+    sub.add_parser("history", parents=[common], help="print the deploy history")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack = stack_from_env(args)
+    options = {"keep": args.keep, "drain_s": args.drain}
+    try:
+        if args.command == "history":
+            print_history(stack)
+        elif args.command == "rollback":
+            rollback(stack, args.version, **options)
+        elif args.promote:
+            promote(stack, args.version, **options)
+        elif args.canary is not None:
+            start_canary(stack, args.version, args.canary, **options)
+        else:
+            deploy(stack, args.version, **options)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
