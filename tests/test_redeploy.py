@@ -12,18 +12,16 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import cycle
 
 import httpx
 import pytest
 
 from scripts.deploy import Management, canary_path, lineage, previous_version, read_history
+from scripts.loadgen import Load
 from scripts.stack import ready_workers, set_current, start_torchserve, stop_service, up, wait_until
 from tests.conftest import ROOT, WEIGHTS, TestStack, down, free_port, package
 
@@ -49,60 +47,6 @@ def test_rollback_walks_back_down_the_deploy_chain():
     history.append(entry("rollback", "1.0", "2.0"))
     assert previous_version(history, "1.0") is None
     assert previous_version([], "1.0") is None
-
-
-@dataclass
-class Answer:
-    sent: float
-    done: float
-    status: int
-    version: str | None
-
-
-class Load:
-    """CLIENTS threads posting the sample images to the gateway's /predict until stopped."""
-
-    def __init__(self, stack: TestStack):
-        self.url = f"{stack.gateway_url}/predict"
-        self.images = [(p.name, p.read_bytes()) for p in stack.sample_images]
-        self.answers: list[Answer] = []
-        self.stop = threading.Event()
-        self.pool = ThreadPoolExecutor(CLIENTS)
-
-    def __enter__(self) -> Load:
-        self.futures = [self.pool.submit(self._client, offset) for offset in range(CLIENTS)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for future in self.futures:
-            future.result()
-        self.pool.shutdown()
-
-    def _client(self, offset: int) -> None:
-        images = cycle(self.images[offset % len(self.images) :] + self.images[: offset % len(self.images)])
-        with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set():
-                name, data = next(images)
-                sent = time.monotonic()
-                try:
-                    response = client.post(self.url, files={"file": (name, data)})
-                    status = response.status_code
-                    version = response.json()["model"]["version"] if status == 200 else None
-                    assert status != 200 or response.headers["X-Model-Version"] == version
-                except httpx.HTTPError:
-                    status, version = 0, None
-                self.answers.append(Answer(sent, time.monotonic(), status, version))
-
-    def wait_for(self, count: int, after: float = 0.0) -> None:
-        """Until ``count`` more requests, sent after ``after``, have been answered."""
-        wait_until(lambda: sum(a.sent > after for a in self.answers) >= count, "load", 120)
-
-    def versions(self, sent_after: float = 0.0, done_before: float = float("inf")) -> set[str | None]:
-        return {a.version for a in self.answers if a.sent > sent_after and a.done < done_before}
-
-    def statuses(self) -> Counter:
-        return Counter(a.status for a in self.answers)
 
 
 def blind_weights(path):
@@ -190,7 +134,7 @@ def test_scripts_explain_themselves():
 @integration
 def test_deploy_then_rollback_under_load_drops_nothing(rstack):
     assert script(rstack, "rollback").returncode == 1, "nothing deployed yet: nothing to roll back to"
-    with Load(rstack) as load:
+    with Load(rstack.gateway_url, rstack.sample_images, CLIENTS) as load:
         load.wait_for(2 * CLIENTS)
         before_deploy = time.monotonic()
         deployed = script(rstack, "deploy", "2.0")
@@ -232,7 +176,7 @@ def package_sha(stack: TestStack, version: str) -> str:
 
 @integration
 def test_broken_archives_are_refused_while_the_old_version_serves(rstack):
-    with Load(rstack) as load:
+    with Load(rstack.gateway_url, rstack.sample_images, CLIENTS) as load:
         corrupted = script(rstack, "deploy", "9.0")
         unloadable = script(rstack, "deploy", "7.0")
         blind = script(rstack, "deploy", "8.0")
