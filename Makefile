@@ -9,10 +9,13 @@ export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 VERSION ?= 1.0
+USERS ?= 20
+SPAWN_RATE ?= 5
+DURATION ?= 2m
 WEIGHTS ?= models/weights/v$(VERSION)/best.pt
 
 .PHONY: help venv archive package up down status logs test lint compose-up compose-down
-.PHONY: redeploy rollback canary promote history
+.PHONY: redeploy rollback canary promote history loadtest bench report
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -75,6 +78,15 @@ promote: venv ## Make the running canary VERSION the default
 
 history: venv ## Print the deploy history (who, when, version, sha256, result)
 	$(PY) -m scripts.deploy history
+
+loadtest: venv ## Locust against the running stack (USERS, SPAWN_RATE, DURATION) into reports/; non-zero on any failure
+	$(PY) -m scripts.loadtest --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+
+bench: venv ## In-process vs TorchServe vs gateway, default vs baseline (reports/bench.md); SWEEP=1 for the config grid
+	$(PY) -m scripts.bench $(if $(SWEEP),--sweep)
+
+report: venv ## Re-run the measurements and rewrite the measured sections of REPORT.md
+	$(PY) -m scripts.report
 
 compose-up: archive ## Build and start the containerised stack (needs Docker)
 	MODEL_VERSION=$(VERSION) docker compose up --build --detach --wait

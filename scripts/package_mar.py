@@ -3,6 +3,11 @@
 The weights are loaded and run on a sample image before anything is packaged, so a
 broken file never becomes an archive. An existing version is never overwritten unless
 ``--force`` is given: a version number must always mean the same bytes.
+
+``--format`` exports the weights inside the packaging (TorchScript, ONNX or OpenVINO, all
+with dynamic batch and image shapes so the handler's rectangular letterbox and per-shape
+batching work unchanged); the handler loads whichever file the archive carries. The
+exported model is run once before it is archived, like the source weights.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVING = ROOT / "serving"
 VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+FORMATS = ("pt", "torchscript", "onnx", "openvino")
+# Chosen by measurement (scripts/bench.py --sweep, see REPORT.md): OpenVINO is the fastest CPU backend here.
+DEFAULT_FORMAT = "openvino"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="yolo", help="model name served by TorchServe (default: %(default)s)")
     parser.add_argument(
         "--imgsz", type=int, help="inference image size (default: the size the weights were trained at)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=DEFAULT_FORMAT,
+        help="model format inside the archive; exported from the weights while packaging (default: %(default)s)",
     )
     parser.add_argument("--store", default="serving/model-store", help="model store directory (default: %(default)s)")
     parser.add_argument(
@@ -82,10 +96,57 @@ def check_weights(weights: Path, imgsz: int | None) -> tuple[int, dict[int, str]
     return size, {int(k): str(v) for k, v in model.names.items()}
 
 
-def render_config(template: Path, imgsz: int, dest: Path) -> None:
+def render_config(template: Path, imgsz: int, model_format: str, dest: Path) -> None:
     config = yaml.safe_load(template.read_text())
-    config.setdefault("handler", {})["imgsz"] = imgsz
+    handler = config.setdefault("handler", {})
+    handler["imgsz"] = imgsz
+    handler["format"] = model_format
     dest.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def export_model(weights: Path, model_format: str, imgsz: int, staging: Path) -> tuple[Path, list[Path]]:
+    """Export ``weights`` (a copy inside ``staging``) to ``model_format``; return the serialized file and extras.
+
+    Shapes are exported dynamic: the handler feeds the minimal stride-multiple rectangle
+    (640x480 at 320 becomes 320x256) and whole batches, as Ultralytics' own predict does for
+    .pt weights. An OpenVINO export is a directory; its .xml becomes the serialized file and
+    keeps the ``_openvino_model`` name AutoBackend recognises, with the .bin and
+    metadata.yaml beside it as extra files.
+    """
+    if model_format == "pt":
+        return weights, []
+    from ultralytics import YOLO
+
+    try:
+        exported = Path(YOLO(str(weights)).export(format=model_format, imgsz=imgsz, dynamic=True, device="cpu"))
+    except Exception as exc:
+        raise SystemExit(f"error: exporting {weights.name} to {model_format} failed: {exc}") from exc
+    if model_format != "openvino":
+        return exported, []
+    xml = next(exported.glob("*.xml"))
+    serialized = staging / f"{exported.name}.xml"
+    extras = [staging / f"{exported.name}.bin", staging / "metadata.yaml"]
+    for source, dest in (
+        (xml, serialized),
+        (xml.with_suffix(".bin"), extras[0]),
+        (exported / "metadata.yaml", extras[1]),
+    ):
+        shutil.move(str(source), dest)
+    return serialized, extras
+
+
+def check_export(serialized: Path, imgsz: int, names: dict[int, str]) -> None:
+    """Run the exported file once, as the handler will load it; it must know the same classes."""
+    import torch
+    from ultralytics.nn.autobackend import AutoBackend
+
+    try:
+        backend = AutoBackend(str(serialized), device=torch.device("cpu"), verbose=False)
+        backend(torch.zeros(1, 3, imgsz, imgsz))
+    except Exception as exc:
+        raise SystemExit(f"error: the exported model {serialized.name} fails to run: {exc}") from exc
+    if {int(k): str(v) for k, v in backend.names.items()} != names:
+        raise SystemExit(f"error: the exported model knows classes {backend.names}, the weights {names}")
 
 
 def build(args: argparse.Namespace) -> Path:
@@ -110,9 +171,13 @@ def build(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         staging = Path(tmp)
         config = staging / "model-config.yaml"
-        render_config((ROOT / args.config).resolve(), imgsz, config)
-        serialized = staging / "model.pt"
-        shutil.copyfile(weights, serialized)
+        render_config((ROOT / args.config).resolve(), imgsz, args.format, config)
+        source = staging / "model.pt"
+        shutil.copyfile(weights, source)
+        serialized, extras = export_model(source, args.format, imgsz, staging)
+        if args.format != "pt":
+            check_export(serialized, imgsz, names)
+        print(f"format ok: {args.format} ({serialized.name})", flush=True)
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("torch-model-archiver")),
@@ -125,7 +190,7 @@ def build(args: argparse.Namespace) -> Path:
                 "--handler",
                 str(SERVING / "yolo_handler.py"),
                 "--extra-files",
-                ",".join(str(SERVING / m) for m in ("yolo_image.py", "yolo_request.py")),
+                ",".join([*(str(SERVING / m) for m in ("yolo_image.py", "yolo_request.py")), *map(str, extras)]),
                 "--config-file",
                 str(config),
                 "--export-path",
@@ -147,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"archive: {target}")
     print(f"sha256:  {sha256sum(target)}")
     print(f"version: {args.version}")
+    print(f"format:  {args.format}")
     return 0
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,6 +82,13 @@ class Stack:
     def current_archive(self) -> Path:
         """The pointer a cold start loads: a symlink to the deployed version's archive."""
         return self.model_store / f"{self.model_name}_current.mar"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for private stacks (tests, benchmarks, reports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def read_properties(path: Path) -> dict[str, str]:

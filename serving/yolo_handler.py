@@ -40,12 +40,13 @@ class YoloHandler(BaseHandler):
         self.end2end = bool(getattr(self.backend, "end2end", False))
         self._forward(np.zeros((1, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
         logger.info(
-            "YoloHandler ready: %s v%s, weights=%s, imgsz=%d, torch threads=%d, classes=%s",
+            "YoloHandler ready: %s v%s, weights=%s (%s), imgsz=%d, threads=%d, classes=%s",
             self.model_info["name"],
             self.model_info["version"],
             os.path.basename(weights),
+            self.backend.format,
             self.config.imgsz,
-            torch.get_num_threads(),
+            self.config.threads,
             self.names,
         )
         self.initialized = True
@@ -131,12 +132,26 @@ class YoloHandler(BaseHandler):
 def load_backend(weights: str, threads: int):
     """Load any Ultralytics export (.pt, TorchScript, ONNX, OpenVINO) on CPU with a fixed thread count.
 
-    Ultralytics resets torch to ``cpu_count - 1`` threads when it picks a device; the
-    count is set again afterwards so it is a deliberate choice, not a side effect.
+    Ultralytics resets torch to ``cpu_count - 1`` threads when it picks a device, and builds
+    ONNX Runtime sessions and OpenVINO models with one thread per core. Every runtime is set
+    to ``threads`` here, so the count in the model config is a deliberate choice (workers x
+    threads should match the cores), not a side effect.
     """
     from ultralytics.nn.autobackend import AutoBackend
 
     backend = AutoBackend(weights, device=torch.device("cpu"), fp16=False, fuse=True, verbose=False)
     backend.eval()
     torch.set_num_threads(threads)
+    runtime = backend.backend
+    if backend.format == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        runtime.session = onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+    elif backend.format == "openvino":
+        # LATENCY as AutoBackend sets it; precision stays the CPU's native one (bf16 on AMX Xeons).
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        runtime.ov_compiled_model = runtime.compile_model(weights, config=config)
     return backend

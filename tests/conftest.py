@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,19 +19,22 @@ sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServ
 
 import httpx  # noqa: E402
 
-from scripts.stack import Stack, down, set_current, start_gateway, stop_service, up, wait_until  # noqa: E402
+from scripts.stack import (  # noqa: E402
+    Stack,
+    down,
+    free_port,
+    set_current,
+    start_gateway,
+    stop_service,
+    up,
+    wait_until,
+)
 
 SAMPLES = ROOT / "samples"
 WEIGHTS = {
     "1.0": ROOT / "models" / "weights" / "v1.0" / "best.pt",
     "2.0": ROOT / "models" / "weights" / "v2.0" / "best.pt",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def package(store: Path, version: str, weights: Path | None = None, *extra: str) -> subprocess.CompletedProcess:

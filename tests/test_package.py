@@ -33,7 +33,8 @@ def test_builds_a_versioned_archive_and_reports_it(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"model.pt", "yolo_handler.py", "yolo_image.py", "yolo_request.py", "model-config.yaml"} <= names
+    assert {manifest["model"]["serializedFile"], "yolo_handler.py", "yolo_image.py", "yolo_request.py"} <= names
+    assert "model-config.yaml" in names and config["handler"]["format"] == "openvino"
     assert manifest["model"]["modelName"] == "yolo" and manifest["model"]["modelVersion"] == "1.0"
     assert config["handler"]["imgsz"] % 32 == 0 and config["batchSize"] >= 1
 

@@ -1,0 +1,390 @@
+"""Side-by-side benchmark: in-process Ultralytics, TorchServe direct, and the gateway, in one run.
+
+For each serving configuration (format, batch size, max batch delay, workers, threads)
+the same weights are packaged by ``package_mar.sh`` into a private model store, and the
+same sample images are sent:
+
+  (a) in-process: Ultralytics' own ``predict`` loop on the packaged model file (the ceiling),
+      in a separate process before any server runs, with every core's threads;
+  (b) TorchServe direct: ``POST /predictions/yolo`` with the inference token;
+  (c) the gateway: ``POST /predict`` multipart, as users call it;
+
+each at concurrency 1 and at saturation (``--concurrency`` clients, or batches of that
+many images in-process). The default configuration (serving/model-config.yaml and
+package_mar's default format) and the baseline (eager .pt, batch size 1, one worker) run
+in the same invocation, so their ratios come from one machine state. ``--sweep`` measures
+the grid the default was chosen from. Results: reports/bench.json and reports/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from scripts.loadtest import MemorySampler
+from scripts.package_mar import DEFAULT_FORMAT
+from scripts.stack import ROOT, Stack, down, set_current, up
+
+SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
+TEMPLATE = ROOT / "serving" / "model-config.yaml"
+CORES = os.cpu_count() or 1
+BOUNDARY = "benchboundary7MA4YWxk"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    format: str
+    batch_size: int
+    max_delay_ms: int
+    workers: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.format}, batch {self.batch_size}/{self.max_delay_ms} ms, "
+            f"{self.workers} worker(s) x {self.threads} thread(s)"
+        )
+
+
+def default_config() -> Config:
+    template = yaml.safe_load(TEMPLATE.read_text())
+    return Config(
+        "default",
+        DEFAULT_FORMAT,
+        template["batchSize"],
+        template["maxBatchDelay"],
+        template["maxWorkers"],
+        template["handler"]["threads"],
+    )
+
+
+BASELINE = Config("baseline", "pt", 1, 0, 1, CORES)
+
+
+def sweep_configs() -> list[Config]:
+    """The grid the default was chosen from: format, then batching, then workers x threads."""
+    grid = [Config(f"{fmt}-b4", fmt, 4, 5, 1, CORES) for fmt in ("pt", "onnx", "openvino")]
+    grid += [Config(f"openvino-b{b}", "openvino", b, d, 1, CORES) for b, d in ((1, 0), (8, 10))]
+    grid += [Config("openvino-b4-2w", "openvino", 4, 5, 2, 1)]
+    return grid
+
+
+@dataclass
+class Result:
+    images: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else float("nan")
+
+        return {
+            "images_per_s": round(self.images / self.seconds, 2) if self.seconds else 0.0,
+            "p50_ms": pct(0.50),
+            "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99),
+            "requests": len(lat),
+            "errors": self.errors,
+        }
+
+
+def in_process(model_file: Path, imgsz: int, batch: int, requests: int, max_s: float) -> Result:
+    """Ultralytics' predict on image files: ``batch`` images per call, torch on every core."""
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(str(model_file), task="detect")
+    paths = [str(p) for p in SAMPLES]
+    model.predict(paths[:batch], imgsz=imgsz, device="cpu", batch=batch, verbose=False)  # builds the predictor
+    torch.set_num_threads(CORES)  # Ultralytics set it to cores - 1 while building the predictor
+    for _ in range(3):
+        model.predict(paths[:batch], imgsz=imgsz, batch=batch, verbose=False)
+    latencies, images, started = [], 0, time.perf_counter()
+    while images < requests and time.perf_counter() - started < max_s:
+        chunk = [paths[(images + i) % len(paths)] for i in range(batch)]
+        t0 = time.perf_counter()
+        model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        images += batch
+    return Result(images, time.perf_counter() - started, latencies, 0)
+
+
+def multipart(name: str, data: bytes) -> bytes:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+    return head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def http_load(url: str, bodies: list[bytes], headers: dict, concurrency: int, requests: int, max_s: float) -> Result:
+    """``concurrency`` clients, each on one keep-alive connection, until ``requests`` or ``max_s``."""
+    parts = urlsplit(url)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counter = {"sent": 0, "errors": 0}
+    started = time.perf_counter()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        while True:
+            with lock:
+                if counter["sent"] >= requests or time.perf_counter() - started >= max_s:
+                    break
+                index = counter["sent"]
+                counter["sent"] += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request(
+                    "POST",
+                    parts.path + (f"?{parts.query}" if parts.query else ""),
+                    bodies[index % len(bodies)],
+                    headers,
+                )
+                response = conn.getresponse()
+                ok = response.status == 200 and b'"success"' in response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                ok = False
+            elapsed = (time.perf_counter() - t0) * 1000
+            with lock:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    counter["errors"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return Result(len(latencies), time.perf_counter() - started, latencies, counter["errors"])
+
+
+def package(config: Config, weights: Path, store: Path) -> Path:
+    """The operator's packaging command, with this configuration's model-config."""
+    template = yaml.safe_load(TEMPLATE.read_text())
+    template.update(
+        minWorkers=config.workers,
+        maxWorkers=config.workers,
+        batchSize=config.batch_size,
+        maxBatchDelay=config.max_delay_ms,
+    )
+    template["handler"]["threads"] = config.threads
+    model_config = store / f"{config.name}.yaml"
+    model_config.write_text(yaml.safe_dump(template, sort_keys=False))
+    cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights), "--version", "1.0"]
+    cmd += ["--store", str(store), "--config", str(model_config), "--format", config.format, "--force"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"packaging {config.name} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return store / "yolo_v1.0.mar"
+
+
+def measure_in_process(archive: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Run (a) in a fresh interpreter on the model file inside the archive."""
+    model_dir = work / "unpacked"
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(model_dir)
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        imgsz = yaml.safe_load(mar.read("model-config.yaml"))["handler"]["imgsz"]
+    model_file = model_dir / manifest["model"]["serializedFile"]
+    cmd = [sys.executable, "-m", "scripts.bench", "--in-process", str(model_file), "--imgsz", str(imgsz)]
+    cmd += ["--requests", str(args.requests), "--max-seconds", str(args.max_seconds)]
+    cmd += ["--concurrency", str(args.concurrency)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    if result.returncode:
+        raise SystemExit(f"in-process run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: bool) -> dict:
+    """Start a private stack on free ports, load it through (b) and (c), sample memory, stop it."""
+    stack = Stack(
+        run_dir=work / "run",
+        model_store=archive.parent,
+        inference_port=free_port(),
+        management_port=free_port(),
+        metrics_port=free_port(),
+        gateway_port=free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
+    )
+    set_current(stack, "1.0")
+    images = [(p.name, p.read_bytes()) for p in SAMPLES]
+    gateway_bodies = [multipart(name, data) for name, data in images]
+    gateway_headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    direct_bodies = [data for _, data in images]
+    out: dict = {}
+    try:
+        up(stack)
+        token = json.loads(stack.key_file.read_text())["inference"]["key"]
+        direct_headers = {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token}"}
+        paths = {
+            "direct": (stack.inference_url + "/predictions/yolo", direct_bodies, direct_headers),
+            "gateway": (stack.gateway_url + "/predict", gateway_bodies, gateway_headers),
+        }
+        for url, bodies, headers in paths.values():
+            http_load(url, bodies, headers, args.concurrency, 4 * args.concurrency, 30)  # warm-up
+        levels = [("saturation", args.concurrency)] if quick else [("c1", 1), ("saturation", args.concurrency)]
+        with MemorySampler(stack.run_dir, interval=0.5) as sampler:
+            for level, concurrency in levels:
+                for path, (url, bodies, headers) in paths.items():
+                    result = http_load(url, bodies, headers, concurrency, args.requests, args.max_seconds)
+                    out.setdefault(path, {})[level] = result.summary()
+        out["memory"] = sampler.summary()
+    finally:
+        down(stack)
+    return out
+
+
+def run_config(config: Config, args: argparse.Namespace, quick: bool = False) -> dict:
+    print(f"== {config.name}: {config.label}", flush=True)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{config.name}-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        store.mkdir()
+        archive = package(config, args.weights.resolve(), store)
+        entry = {"config": asdict(config), "label": config.label}
+        if not quick:
+            entry["in_process"] = measure_in_process(archive, work, args)
+        entry.update(measure_served(archive, work, args, quick))
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("config", "memory")}), flush=True)
+    return entry
+
+
+def ratio(num: float, den: float) -> float:
+    return round(num / den, 3) if den else float("nan")
+
+
+def ratios(entry: dict) -> dict:
+    a, b, c = entry["in_process"], entry["direct"], entry["gateway"]
+    return {
+        "direct_over_in_process_c1": ratio(b["c1"]["images_per_s"], a["c1"]["images_per_s"]),
+        "direct_over_in_process_saturation": ratio(b["saturation"]["images_per_s"], a["saturation"]["images_per_s"]),
+        "gateway_over_direct_c1": ratio(c["c1"]["images_per_s"], b["c1"]["images_per_s"]),
+        "gateway_over_direct_saturation": ratio(c["saturation"]["images_per_s"], b["saturation"]["images_per_s"]),
+        "gateway_over_in_process_saturation": ratio(c["saturation"]["images_per_s"], a["saturation"]["images_per_s"]),
+        "gateway_p50_overhead_ms_c1": round(c["c1"]["p50_ms"] - b["c1"]["p50_ms"], 2),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Benchmark: `{report['command']}` on {report['cores']} cores, {report['samples']} sample images "
+        f"({report['started']}); saturation = {report['concurrency']} concurrent clients "
+        f"(in-process: batches of {report['concurrency']}).",
+        "",
+        "| config | path | conc. 1 img/s | p50 | p95 | p99 | saturation img/s | p50 | p95 | p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["runs"]:
+        for path in ("in_process", "direct", "gateway"):
+            if path not in entry:
+                continue
+            row = [f"{entry['config']['name']} ({entry['label']})", path]
+            for level in ("c1", "saturation"):
+                s = entry[path].get(level)
+                row += (
+                    [f"{s['images_per_s']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}"]
+                    if s
+                    else ["-"] * 4
+                )
+            lines.append("| " + " | ".join(row) + " |")
+    if report.get("ratios"):
+        lines += ["", "| ratio | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in report["ratios"].items()]
+    lines += ["", "| config | role | processes | peak RSS MiB | growth MiB |", "|---|---|---|---|---|"]
+    for entry in report["runs"]:
+        for role, mem in entry.get("memory", {}).items():
+            lines.append(
+                f"| {entry['config']['name']} | {role} | {mem['processes']} | {mem['peak_rss_mib']} | "
+                f"{mem['growth_mib']:+} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", type=Path, default=ROOT / "models/weights/v1.0/best.pt")
+    parser.add_argument("--requests", type=int, default=200, help="requests per measurement (default: %(default)s)")
+    parser.add_argument("--max-seconds", type=float, default=20, help="time cap per measurement (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients at saturation (default: %(default)s)")
+    parser.add_argument("--sweep", action="store_true", help="measure the configuration grid at saturation instead")
+    parser.add_argument("--reports", type=Path, default=ROOT / "reports")
+    parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--imgsz", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.in_process:
+        levels = {"c1": 1, "saturation": args.concurrency}
+        print(
+            json.dumps(
+                {
+                    level: in_process(args.in_process, args.imgsz, batch, args.requests, args.max_seconds).summary()
+                    for level, batch in levels.items()
+                }
+            )
+        )
+        return 0
+    report = {
+        "command": "python -m scripts.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cores": CORES,
+        "samples": len(SAMPLES),
+        "concurrency": args.concurrency,
+        "weights": str(args.weights),
+    }
+    if args.sweep:
+        report["runs"] = [run_config(config, args, quick=True) for config in sweep_configs()]
+        name = "sweep"
+    else:
+        default, baseline = run_config(default_config(), args), run_config(BASELINE, args)
+        report["runs"] = [default, baseline]
+        report["ratios"] = {
+            **ratios(default),
+            "default_over_baseline_gateway_saturation": ratio(
+                default["gateway"]["saturation"]["images_per_s"], baseline["gateway"]["saturation"]["images_per_s"]
+            ),
+            "default_over_baseline_direct_saturation": ratio(
+                default["direct"]["saturation"]["images_per_s"], baseline["direct"]["saturation"]["images_per_s"]
+            ),
+        }
+        name = "bench"
+    args.reports.mkdir(parents=True, exist_ok=True)
+    (args.reports / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.reports / f"{name}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

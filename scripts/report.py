@@ -1,0 +1,333 @@
+"""Re-run the measurements behind REPORT.md and rewrite its measured sections.
+
+Every block between ``<!-- measured:NAME -->`` and ``<!-- /measured:NAME -->`` is replaced
+by the output of a real run on this machine: packaging, a private stack started the way
+``make up`` starts it, real curl requests (direct and through the gateway, good and bad
+input), a deploy and a rollback under concurrent load, a Locust run and the benchmark.
+Raw captures also land in ``reports/``. ``make report`` is the entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from scripts import deploy as deployer
+from scripts.loadgen import Load
+from scripts.stack import ROOT, Stack, down, free_port, set_current, up
+
+REPORT = ROOT / "REPORT.md"
+REPORTS = ROOT / "reports"
+SAMPLES = ROOT / "samples"
+PY = sys.executable
+CLIENTS = 8
+
+
+def fence(text: str, lang: str = "") -> str:
+    return f"```{lang}\n{text.rstrip()}\n```"
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+def shown(cmd: list[str], secrets: dict[str, str]) -> str:
+    """The command as a reader would type it, with secrets replaced by shell variables."""
+    text = shlex.join(cmd)
+    for value, name in secrets.items():
+        text = text.replace(value, f"${name}")
+    return f"$ {text}"
+
+
+def curl(cmd: list[str], secrets: dict[str, str] | None = None, limit: int = 1400) -> str:
+    result = run(["curl", "-sS", *cmd])
+    body = result.stdout.strip()
+    if body.startswith("{"):
+        body = json.dumps(json.loads(body), indent=1)
+    if len(body) > limit:
+        body = body[:limit] + "\n... (cut)"
+    return f"{shown(['curl', '-sS', *cmd], secrets or {})}\n{body}{result.stderr.strip()}"
+
+
+def section_packaging(store: Path) -> str:
+    parts = []
+    for version in ("1.0", "2.0"):
+        cmd = [
+            "bash",
+            "scripts/package_mar.sh",
+            "--weights",
+            f"models/weights/v{version}/best.pt",
+            "--version",
+            version,
+            "--store",
+            str(store),
+        ]
+        result = run(cmd)
+        if result.returncode:
+            raise SystemExit(f"packaging {version} failed:\n{result.stdout}\n{result.stderr}")
+        output = result.stdout.replace(str(store), "serving/model-store")
+        parts.append(shown(cmd, {str(store): "STORE"}).replace("$STORE", "serving/model-store") + "\n" + output)
+    again = run(["bash", "scripts/package_mar.sh", "--version", "1.0", "--store", str(store)])
+    parts.append(
+        "$ bash scripts/package_mar.sh --version 1.0   # again, without --force\n"
+        + again.stderr.replace(str(store), "serving/model-store")
+        + f"(exit {again.returncode})"
+    )
+    with zipfile.ZipFile(store / "yolo_v2.0.mar") as mar:
+        listing = "\n".join(f"{info.file_size:>10}  {info.filename}" for info in mar.infolist())
+        manifest = mar.read("MAR-INF/MANIFEST.json").decode()
+        config = mar.read("model-config.yaml").decode()
+    return "\n\n".join(
+        [
+            fence("\n\n".join(parts), "console"),
+            "Inside `yolo_v2.0.mar` (bytes, name):",
+            fence(listing),
+            "`MAR-INF/MANIFEST.json`:",
+            fence(manifest, "json"),
+            "`model-config.yaml` as packaged (TorchServe's keys plus the handler's section):",
+            fence(config, "yaml"),
+        ]
+    )
+
+
+def processes(stack: Stack) -> str:
+    rows = ["  PID     RSS MB  command"]
+    for service in ("torchserve", "gateway"):
+        pid = int((stack.pid_file(service)).read_text())
+        parent = psutil.Process(pid)
+        for proc in [parent, *parent.children(recursive=True)]:
+            try:
+                cmd = " ".join(proc.cmdline())
+                rss = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            cmd = cmd.replace(str(ROOT) + "/", "").replace(str(stack.run_dir), "$RUN")
+            rows.append(f"{proc.pid:>6} {rss:>9.0f}  {cmd[:150]}")
+    return "\n".join(rows)
+
+
+def section_deployment(stack: Stack, startup: str) -> str:
+    config = (stack.ts_dir / "config.properties").read_text().replace(str(stack.model_store.resolve()), "$STORE")
+    keys = json.loads(stack.key_file.read_text())
+    key_shape = {kind: sorted(entry) for kind, entry in keys.items()}
+    return "\n\n".join(
+        [
+            "Start-up (`scripts.stack.up`, what `make up` runs; private ports for this run):",
+            fence(startup, "console"),
+            "Processes right after start (TorchServe's Python launcher, its Java frontend and the model worker; "
+            "the gateway):",
+            fence(processes(stack)),
+            "The rendered TorchServe config:",
+            fence(config, "properties"),
+            f"`key_file.json` holds these fields per key (values not shown): `{json.dumps(key_shape)}`.",
+        ]
+    )
+
+
+def section_requests(stack: Stack) -> str:
+    keys = json.loads(stack.key_file.read_text())
+    inference = keys["inference"]["key"]
+    secrets = {inference: "INFERENCE_KEY"}
+    sample = "samples/mixed_01.jpg"
+    ts = stack.inference_url
+    gw = stack.gateway_url
+    good = [
+        curl(["-X", "POST", f"{ts}/predictions/yolo", "-T", sample]),
+        curl(
+            ["-X", "POST", f"{ts}/predictions/yolo", "-H", f"Authorization: Bearer {inference}", "-T", sample], secrets
+        ),
+        curl(["-F", f"file=@{sample}", f"{gw}/predict"]),
+        curl(["-F", f"file=@{sample}", f"{gw}/predict?conf=0.5&classes=stain"]),
+        curl([f"{gw}/models"]),
+        curl([f"{gw}/health"]),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp, "notes.jpg")
+        text.write_text("this is not an image\n")
+        big = Path(tmp, "big.jpg")
+        big.write_bytes(b"\xff" * 7_000_000)
+        truncated = Path(tmp, "truncated.jpg")
+        truncated.write_bytes((ROOT / sample).read_bytes()[:5000])
+        empty = Path(tmp, "empty.jpg")
+        empty.write_bytes(b"")
+        cases = [
+            ("empty file", ["-F", f"file=@{empty}", f"{gw}/predict"]),
+            ("text file named .jpg", ["-F", f"file=@{text}", f"{gw}/predict"]),
+            ("truncated JPEG", ["-F", f"file=@{truncated}", f"{gw}/predict"]),
+            ("wrong field name", ["-F", f"image=@{ROOT / sample}", f"{gw}/predict"]),
+            ("no multipart", ["--data-binary", f"@{ROOT / sample}", f"{gw}/predict"]),
+            ("7 MB upload", ["-F", f"file=@{big}", f"{gw}/predict"]),
+            ("bad parameter", ["-F", f"file=@{ROOT / sample}", f"{gw}/predict?conf=2"]),
+            ("unknown class", ["-F", f"file=@{ROOT / sample}", f"{gw}/predict?classes=rust"]),
+            ("version not loaded", ["-F", f"file=@{ROOT / sample}", f"{gw}/predict?version=9.9"]),
+        ]
+        rows = ["| input | status | body |", "|---|---|---|"]
+        for label, args in cases:
+            result = run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args])
+            body, _, status = result.stdout.rpartition("\n")
+            rows.append(f"| {label} | {status} | `{body.replace(tmp, '').replace(str(ROOT) + '/', '')}` |")
+    health = curl([f"{gw}/health"])
+    return "\n\n".join(
+        [
+            "TorchServe directly, without and with the inference token, then the same image through the gateway:",
+            fence("\n\n".join(good), "console"),
+            "Bad input through the gateway (each a real `curl`; status and JSON body):",
+            "\n".join(rows),
+            "The stack afterwards:",
+            fence(health, "console"),
+        ]
+    )
+
+
+def under_load(stack: Stack, action: Callable[[], None]) -> tuple[dict, float, list[str], Load]:
+    with Load(stack.gateway_url, sorted(SAMPLES.glob("*.jpg")), CLIENTS) as load:
+        load.wait_for(2 * CLIENTS)
+        started = time.monotonic()
+        action()
+        finished = time.monotonic()
+        load.wait_for(2 * CLIENTS, after=finished)
+    timeline = []
+    last = None
+    for answer in sorted(load.answers, key=lambda a: a.done):
+        if answer.version != last:
+            timeline.append(f"t={answer.done - load.answers[0].sent:6.2f}s  first answer from {answer.version}")
+            last = answer.version
+    return dict(load.statuses()), finished - started, timeline, load
+
+
+def section_switch(stack: Stack, action: str) -> str:
+    lines: list[str] = []
+    if action == "deploy":
+        command = "$ bash scripts/deploy.sh 2.0"
+        call = lambda: deployer.deploy(stack, "2.0", out=lines.append)  # noqa: E731
+    else:
+        command = "$ bash scripts/rollback.sh"
+        call = lambda: deployer.rollback(stack, out=lines.append)  # noqa: E731
+    statuses, seconds, timeline, load = under_load(stack, call)
+    failed = sum(count for status, count in statuses.items() if status != 200)
+    return "\n\n".join(
+        [
+            fence(command + "\n" + "\n".join(lines), "console"),
+            f"Under load from {CLIENTS} concurrent clients posting the sample images: **{len(load.answers)} requests, "
+            f"{failed} failed** (statuses {statuses}); the {action} call took **{seconds:.2f} s**. "
+            "Which version answered, in order of completion:",
+            fence("\n".join(timeline)),
+        ]
+    )
+
+
+def section_history(stack: Stack) -> str:
+    lines: list[str] = []
+    deployer.print_history(stack, out=lines.append)
+    return fence("$ make history\n" + "\n".join(lines), "console")
+
+
+def section_loadtest(stack: Stack, users: int, duration: str) -> str:
+    out = REPORTS / "locust"
+    cmd = [PY, "-m", "scripts.loadtest", "--host", stack.gateway_url, "--users", str(users), "--spawn-rate", "5"]
+    cmd += ["--duration", duration, "--out", str(out), "--run-dir", str(stack.run_dir)]
+    result = run(cmd, timeout=1800)
+    summary = (out / "summary.md").read_text() if (out / "summary.md").is_file() else ""
+    text = result.stdout.replace(str(ROOT) + "/", "")
+    return "\n\n".join(
+        [
+            fence(f"$ make loadtest USERS={users} SPAWN_RATE=5 DURATION={duration}   (exit {result.returncode})"),
+            summary or fence(text[-3000:]),
+        ]
+    )
+
+
+def section_bench() -> str:
+    result = run([PY, "-m", "scripts.bench"], timeout=3000)
+    table = REPORTS / "bench.md"
+    if result.returncode or not table.is_file():
+        raise SystemExit(f"bench failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return "$ make bench\n\n" + table.read_text()
+
+
+def section_model() -> str:
+    rows = [
+        "| version | test mAP50 | mAP50-95 | precision | recall | epochs | imgsz | training wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for version in ("1.0", "2.0"):
+        folder = ROOT / "models" / "weights" / f"v{version}"
+        training = json.loads((folder / "training.json").read_text())
+        metrics = json.loads((folder / "test_metrics.json").read_text())["overall"]
+        rows.append(
+            f"| {version} | {metrics['mAP50']:.3f} | {metrics['mAP50-95']:.3f} | {metrics['precision']:.3f} | "
+            f"{metrics['recall']:.3f} | {training['epochs']} | {training['imgsz']} | "
+            f"{training['wall_time_s'] / 60:.1f} min |"
+        )
+    return "\n".join(rows)
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- measured:{name} -->\n).*?(\n<!-- /measured:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"REPORT.md has no measured:{name} block")
+    return pattern.sub(lambda m: m.group(1) + body.strip() + m.group(2), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make report", description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20, help="Locust users (default: %(default)s)")
+    parser.add_argument("--duration", default="2m", help="Locust run time (default: %(default)s)")
+    parser.add_argument("--skip-bench", action="store_true", help="keep the benchmark section as it is")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    REPORTS.mkdir(exist_ok=True)
+    sections: dict[str, str] = {"model": section_model()}
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        store = Path(tmp, "model-store")
+        sections["packaging"] = section_packaging(store)
+        stack = Stack(
+            run_dir=Path(tmp, "run"),
+            model_store=store,
+            inference_port=free_port(),
+            management_port=free_port(),
+            metrics_port=free_port(),
+            gateway_port=free_port(),
+            grpc_inference_port=free_port(),
+            grpc_management_port=free_port(),
+        )
+        stack.run_dir.mkdir()
+        set_current(stack, "1.0")
+        try:
+            capture = io.StringIO()
+            with contextlib.redirect_stdout(capture):
+                up(stack)
+            sections["deployment"] = section_deployment(stack, capture.getvalue().replace(str(ROOT) + "/", ""))
+            sections["requests"] = section_requests(stack)
+            sections["redeploy"] = section_switch(stack, "deploy")
+            sections["rollback"] = section_switch(stack, "rollback")
+            sections["history"] = section_history(stack)
+            sections["loadtest"] = section_loadtest(stack, args.users, args.duration)
+        finally:
+            down(stack)
+    if not args.skip_bench:
+        sections["bench"] = section_bench()
+    text = REPORT.read_text()
+    for name, body in sections.items():
+        text = replace_section(text, name, body)
+    REPORT.write_text(text)
+    print(f"REPORT.md: rewrote {', '.join(sections)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
