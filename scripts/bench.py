@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import yaml
 
 from scripts.loadtest import MemorySampler
 from scripts.package_mar import DEFAULT_FORMAT
-from scripts.stack import ROOT, Stack, down, set_current, up
+from scripts.stack import ROOT, Stack, running
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 TEMPLATE = ROOT / "serving" / "model-config.yaml"
@@ -217,32 +216,15 @@ def measure_in_process(archive: Path, work: Path, args: argparse.Namespace) -> d
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: bool) -> dict:
     """Start a private stack on free ports, load it through (b) and (c), sample memory, stop it."""
-    stack = Stack(
-        run_dir=work / "run",
-        model_store=archive.parent,
-        inference_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        gateway_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-    )
-    set_current(stack, "1.0")
+    stack = Stack.private(work / "run", archive.parent)
     images = [(p.name, p.read_bytes()) for p in SAMPLES]
     gateway_bodies = [multipart(name, data) for name, data in images]
     gateway_headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     direct_bodies = [data for _, data in images]
     out: dict = {}
-    try:
-        up(stack)
+    with running(stack, "1.0"):
         token = json.loads(stack.key_file.read_text())["inference"]["key"]
         direct_headers = {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token}"}
         paths = {
@@ -258,8 +240,6 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: b
                     result = http_load(url, bodies, headers, concurrency, args.requests, args.max_seconds)
                     out.setdefault(path, {})[level] = result.summary()
         out["memory"] = sampler.summary()
-    finally:
-        down(stack)
     return out
 
 

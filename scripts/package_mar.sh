@@ -1,12 +1,5 @@
 #!/usr/bin/env bash
 # Package YOLO weights into serving/model-store/<name>_v<version>.mar (see --help).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${root}/.venv/bin/python"
-if [[ ! -x "${python}" ]]; then
-  echo "error: ${python} not found; run 'make venv' first" >&2
-  exit 1
-fi
-export YOLO_OFFLINE=1
-cd "${root}"
+source "$(dirname "${BASH_SOURCE[0]}")/venv_python.sh"
 exec "${python}" -m scripts.package_mar "$@"

@@ -28,7 +28,7 @@ import psutil
 
 from scripts import deploy as deployer
 from scripts.loadgen import Load
-from scripts.stack import ROOT, Stack, down, free_port, set_current, up
+from scripts.stack import ROOT, Stack, running
 
 REPORT = ROOT / "REPORT.md"
 REPORTS = ROOT / "reports"
@@ -295,30 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="report-") as tmp:
         store = Path(tmp, "model-store")
         sections["packaging"] = section_packaging(store)
-        stack = Stack(
-            run_dir=Path(tmp, "run"),
-            model_store=store,
-            inference_port=free_port(),
-            management_port=free_port(),
-            metrics_port=free_port(),
-            gateway_port=free_port(),
-            grpc_inference_port=free_port(),
-            grpc_management_port=free_port(),
-        )
-        stack.run_dir.mkdir()
-        set_current(stack, "1.0")
-        try:
-            capture = io.StringIO()
-            with contextlib.redirect_stdout(capture):
-                up(stack)
+        stack = Stack.private(Path(tmp, "run"), store)
+        capture = io.StringIO()
+        with contextlib.redirect_stdout(capture), running(stack, "1.0"):
             sections["deployment"] = section_deployment(stack, capture.getvalue().replace(str(ROOT) + "/", ""))
             sections["requests"] = section_requests(stack)
             sections["redeploy"] = section_switch(stack, "deploy")
             sections["rollback"] = section_switch(stack, "rollback")
             sections["history"] = section_history(stack)
             sections["loadtest"] = section_loadtest(stack, args.users, args.duration)
-        finally:
-            down(stack)
     if not args.skip_bench:
         sections["bench"] = section_bench()
     text = REPORT.read_text()

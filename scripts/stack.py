@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +77,22 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         return self.url(self.gateway_port)
+
+    @classmethod
+    def private(cls, run_dir: Path, model_store: Path, **overrides) -> Stack:
+        """An instance on free ports, for tests, benchmarks and reports beside a running `make up`."""
+        ports = {
+            name: free_port()
+            for name in (
+                "inference_port",
+                "management_port",
+                "metrics_port",
+                "gateway_port",
+                "grpc_inference_port",
+                "grpc_management_port",
+            )
+        }
+        return cls(run_dir=run_dir, model_store=model_store, **{**ports, **overrides})
 
     def pid_file(self, service: str) -> Path:
         return self.run_dir / f"{service}.pid"
@@ -319,6 +337,18 @@ def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+@contextmanager
+def running(stack: Stack, version: str) -> Iterator[Stack]:
+    """Start ``stack`` serving ``version`` from a cold start, and stop it on the way out."""
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    set_current(stack, version)
+    try:
+        up(stack)
+        yield stack
+    finally:
+        down(stack)
 
 
 def down(stack: Stack) -> None:

@@ -19,16 +19,8 @@ sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServ
 
 import httpx  # noqa: E402
 
-from scripts.stack import (  # noqa: E402
-    Stack,
-    down,
-    free_port,
-    set_current,
-    start_gateway,
-    stop_service,
-    up,
-    wait_until,
-)
+from scripts.deploy import iou  # noqa: E402
+from scripts.stack import Stack, free_port, running, start_gateway, stop_service, wait_until  # noqa: E402
 
 SAMPLES = ROOT / "samples"
 WEIGHTS = {
@@ -65,14 +57,6 @@ def load_ground_truth() -> list[GroundTruth]:
         )
         for name, r in sorted(records.items())
     ]
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def assert_finds_ground_truth(detections: list[dict], truth: GroundTruth, min_iou: float = 0.5) -> None:
@@ -121,22 +105,9 @@ class TestStack(Stack):
 @pytest.fixture(scope="session")
 def stack(model_store, tmp_path_factory):
     """TorchServe (token auth on) and the gateway, as `make up` runs them, on free ports."""
-    instance = TestStack(
-        run_dir=tmp_path_factory.mktemp("run"),
-        model_store=model_store,
-        inference_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        gateway_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-    )
-    set_current(instance, "1.0")
-    try:
-        up(instance)
+    instance = TestStack.private(tmp_path_factory.mktemp("run"), model_store)
+    with running(instance, "1.0"):
         yield instance
-    finally:
-        down(instance)
 
 
 def answers(url: str) -> bool:

@@ -22,8 +22,8 @@ import pytest
 
 from scripts.deploy import Management, canary_path, lineage, previous_version, read_history
 from scripts.loadgen import Load
-from scripts.stack import ready_workers, set_current, start_torchserve, stop_service, up, wait_until
-from tests.conftest import ROOT, WEIGHTS, TestStack, down, free_port, package
+from scripts.stack import ready_workers, running, start_torchserve, stop_service, wait_until
+from tests.conftest import ROOT, WEIGHTS, TestStack, package
 
 integration = pytest.mark.integration
 CLIENTS = 8
@@ -86,22 +86,8 @@ def rstack(tmp_path_factory):
         assert result.returncode == 0, result.stdout + result.stderr
     unloadable_archive(store / "yolo_v1.0.mar", store / "yolo_v7.0.mar", "7.0")
     (store / "yolo_v9.0.mar").write_bytes(os.urandom(200_000))
-    instance = TestStack(
-        run_dir=tmp_path_factory.mktemp("redeploy-run"),
-        model_store=store,
-        inference_port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        gateway_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-    )
-    set_current(instance, "1.0")
-    try:
-        up(instance)
+    with running(TestStack.private(tmp_path_factory.mktemp("redeploy-run"), store), "1.0") as instance:
         yield instance
-    finally:
-        down(instance)
 
 
 def script(stack: TestStack, name: str, *args: str) -> subprocess.CompletedProcess:
