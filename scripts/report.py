@@ -267,7 +267,7 @@ def section_model() -> str:
     for version in ("1.0", "2.0"):
         folder = ROOT / "models" / "weights" / f"v{version}"
         training = json.loads((folder / "training.json").read_text())
-        metrics = json.loads((folder / "test_metrics.json").read_text())["overall"]
+        metrics = json.loads((folder / "metrics.json").read_text())["overall"]
         rows.append(
             f"| {version} | {metrics['mAP50']:.3f} | {metrics['mAP50-95']:.3f} | {metrics['precision']:.3f} | "
             f"{metrics['recall']:.3f} | {training['epochs']} | {training['imgsz']} | "
