@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -145,42 +143,6 @@ def test_gateway_parsing_scores_like_local():
     assert evaluate.score(items, [parsed], NAMES) == evaluate.score(items, [preds], NAMES)
     with pytest.raises(ValueError):
         evaluate.parse_gateway_response({"status": "error"}, NAMES)
-
-
-def test_predict_gateway_over_http(tmp_path):
-    """End-to-end HTTP path against an in-process fake gateway that echoes ground truth as detections."""
-    root = gd.generate(tmp_path / "d", 5, {"train": 0, "val": 0, "test": 4}, (320, 240)).parent
-    items, names = evaluate.load_split(root / "dataset.yaml")
-    truth = {it["path"].name: it["gt"] for it in items}
-    seen = []
-
-    class Fake(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.path, self.headers.get("X-API-Key"), self.headers["Content-Type"]))
-            name = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
-            out = json.dumps(_payload([(c, 0.9, *b) for c, *b in truth[name]])).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        preds, info = evaluate.predict_gateway(url, items, names, api_key="k")
-    finally:
-        server.shutdown()
-    assert info == {"name": "yolo", "version": "2.0"}
-    assert seen[0][0] == "/predict?conf=0.001&max_det=300" and seen[0][1] == "k"
-    assert seen[0][2].startswith("multipart/form-data; boundary=")
-    overall = evaluate.score(items, preds, names)["overall"]
-    assert overall["mAP50"] == pytest.approx(1.0) and overall["mAP50-95"] == pytest.approx(1.0)
 
 
 def test_train_smoke(tmp_path):
