@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,12 +202,18 @@ def under_load(stack: Stack, action: Callable[[], None]) -> tuple[dict, float, l
         action()
         finished = time.monotonic()
         load.wait_for(2 * CLIENTS, after=finished)
-    timeline = []
-    last = None
-    for answer in sorted(load.answers, key=lambda a: a.done):
-        if answer.version != last:
-            timeline.append(f"t={answer.done - load.answers[0].sent:6.2f}s  first answer from {answer.version}")
-            last = answer.version
+
+    before = [a for a in load.answers if a.done < started]
+    after = [a for a in load.answers if a.sent > finished]
+    during = [a for a in load.answers if a not in before and a not in after]
+    timeline = [
+        f"{label}: {json.dumps(dict(sorted(Counter(a.version for a in answers).items())))}"
+        for label, answers in (
+            ("finished before the call started", before),
+            ("in flight while it ran          ", during),
+            ("sent after it returned          ", after),
+        )
+    ]
     return dict(load.statuses()), finished - started, timeline, load
 
 
@@ -224,7 +232,7 @@ def section_switch(stack: Stack, action: str) -> str:
             fence(command + "\n" + "\n".join(lines), "console"),
             f"Under load from {CLIENTS} concurrent clients posting the sample images: **{len(load.answers)} requests, "
             f"{failed} failed** (statuses {statuses}); the {action} call took **{seconds:.2f} s**. "
-            "Which version answered, in order of completion:",
+            "Which version answered (requests counted by version):",
             fence("\n".join(timeline)),
         ]
     )
@@ -237,26 +245,40 @@ def section_history(stack: Stack) -> str:
 
 
 def section_loadtest(stack: Stack, users: int, duration: str) -> str:
-    out = REPORTS / "locust"
     cmd = [PY, "-m", "scripts.loadtest", "--host", stack.gateway_url, "--users", str(users), "--spawn-rate", "5"]
-    cmd += ["--duration", duration, "--out", str(out), "--run-dir", str(stack.run_dir)]
+    cmd += ["--duration", duration, "--run-dir", str(stack.run_dir), "--reports", str(REPORTS)]
     result = run(cmd, timeout=1800)
-    summary = (out / "summary.md").read_text() if (out / "summary.md").is_file() else ""
-    text = result.stdout.replace(str(ROOT) + "/", "")
+    stats = REPORTS / "loadtest_stats.csv"
+    if not stats.is_file():
+        raise SystemExit(f"loadtest failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    rows = ["| request | count | failures | req/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    with stats.open() as handle:
+        for row in csv.DictReader(handle):
+            name = f"{row['Type']} {row['Name']}".strip()
+            rows.append(
+                f"| {name} | {row['Request Count']} | {row['Failure Count']} | {float(row['Requests/s']):.1f} | "
+                f"{row['50%']} | {row['95%']} | {row['99%']} |"
+            )
+    memory = json.loads((REPORTS / "loadtest_memory.json").read_text())["memory"]
+    mem_rows = ["| process | peak RSS MiB | growth MiB (last quarter - first quarter) |", "|---|---|---|"]
+    mem_rows += [f"| {role} | {m['peak_rss_mib']:.0f} | {m['growth_mib']:+.1f} |" for role, m in memory.items()]
     return "\n\n".join(
         [
-            fence(f"$ make loadtest USERS={users} SPAWN_RATE=5 DURATION={duration}   (exit {result.returncode})"),
-            summary or fence(text[-3000:]),
+            fence(f"$ make loadtest USERS={users} SPAWN_RATE=5 DURATION={duration}\n(exit {result.returncode})"),
+            "\n".join(rows),
+            "Memory sampled every second during the run (TorchServe workers together, its Java frontend, the gateway):",
+            "\n".join(mem_rows),
         ]
     )
 
 
-def section_bench() -> str:
-    result = run([PY, "-m", "scripts.bench"], timeout=3000)
-    table = REPORTS / "bench.md"
+def section_bench(sweep: bool) -> str:
+    name, command = ("sweep", "make bench SWEEP=1") if sweep else ("bench", "make bench")
+    result = run([PY, "-m", "scripts.bench", *(["--sweep"] if sweep else [])], timeout=3000)
+    table = REPORTS / f"{name}.md"
     if result.returncode or not table.is_file():
-        raise SystemExit(f"bench failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return "$ make bench\n\n" + table.read_text()
+        raise SystemExit(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return f"`$ {command}`\n\n" + table.read_text()
 
 
 def section_model() -> str:
@@ -276,11 +298,12 @@ def section_model() -> str:
     return "\n".join(rows)
 
 
+def marker_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- measured:{name} -->\n).*?(<!-- /measured:{name} -->)", re.S)
+
+
 def replace_section(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- measured:{name} -->\n).*?(\n<!-- /measured:{name} -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"REPORT.md has no measured:{name} block")
-    return pattern.sub(lambda m: m.group(1) + body.strip() + m.group(2), text)
+    return marker_pattern(name).sub(lambda m: m.group(1) + body.strip() + "\n" + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", default="2m", help="Locust run time (default: %(default)s)")
     parser.add_argument("--skip-bench", action="store_true", help="keep the benchmark section as it is")
     args = parser.parse_args(argv)
+    names = ["model", "packaging", "deployment", "requests", "redeploy", "rollback", "history", "loadtest"]
+    names += [] if args.skip_bench else ["sweep", "bench"]
+    missing = [name for name in names if not marker_pattern(name).search(REPORT.read_text())]
+    if missing:
+        raise SystemExit(f"REPORT.md lacks the measured blocks {missing}")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     REPORTS.mkdir(exist_ok=True)
     sections: dict[str, str] = {"model": section_model()}
@@ -305,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             sections["history"] = section_history(stack)
             sections["loadtest"] = section_loadtest(stack, args.users, args.duration)
     if not args.skip_bench:
-        sections["bench"] = section_bench()
+        sections["sweep"] = section_bench(sweep=True)
+        sections["bench"] = section_bench(sweep=False)
     text = REPORT.read_text()
     for name, body in sections.items():
         text = replace_section(text, name, body)
