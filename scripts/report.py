@@ -278,7 +278,34 @@ def section_bench(sweep: bool) -> str:
     table = REPORTS / f"{name}.md"
     if result.returncode or not table.is_file():
         raise SystemExit(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return f"`$ {command}`\n\n" + table.read_text()
+    text = f"`$ {command}`\n\n" + table.read_text()
+    return text if sweep else text + "\n\n" + targets(json.loads((REPORTS / "bench.json").read_text())["ratios"])
+
+
+def targets(ratios: dict[str, float]) -> str:
+    """The issue's performance targets, judged on this run's ratios."""
+    checks = [
+        ("gateway adds <= 3 ms at p50 over direct TorchServe, concurrency 1", "gateway_p50_overhead_ms_c1", "<=", 3.0),
+        ("gateway >= 90% of in-process throughput at saturation", "gateway_over_in_process_saturation", ">=", 0.9),
+        (
+            "default >= 2.5x the baseline's throughput, through the gateway",
+            "default_over_baseline_gateway_saturation",
+            ">=",
+            2.5,
+        ),
+        (
+            "default >= 2.5x the baseline's throughput, TorchServe direct",
+            "default_over_baseline_direct_saturation",
+            ">=",
+            2.5,
+        ),
+    ]
+    rows = ["| target | measured | met |", "|---|---|---|"]
+    for label, key, op, bound in checks:
+        value = ratios[key]
+        met = value <= bound if op == "<=" else value >= bound
+        rows.append(f"| {label} | {value} | {'yes' if met else '**no**'} |")
+    return "\n".join(rows)
 
 
 def section_model() -> str:
