@@ -54,7 +54,7 @@ lint: venv ## Static checks
 	$(VENV)/bin/ruff check serving gateway scripts models tests
 	$(VENV)/bin/ruff format --check serving gateway scripts models tests
 
-test: venv ## Set everything up and run the whole test suite
+test: venv lint ## Set everything up, lint, and run the whole test suite
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
