@@ -14,8 +14,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Request
-
 logger = logging.getLogger(__name__)
 
 
@@ -65,11 +63,3 @@ class CanaryFile:
     def pick(self) -> str | None:
         """The version one unpinned request goes to: the canary's, or None for TorchServe's default."""
         return choose(self.current(), self.rng.random())
-
-
-def canary_for(request: Request) -> CanaryFile:
-    """The app's canary reader, made on first use so each app (and each test app) has its own."""
-    state = request.app.state
-    if getattr(state, "canary", None) is None:
-        state.canary = CanaryFile(state.settings.canary_file)
-    return state.canary

@@ -7,6 +7,7 @@ import secrets
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
+from gateway.canary import CanaryFile
 from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -25,6 +26,10 @@ def get_upstream(request: Request) -> TorchServeClient:
 
 def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
+
+
+def get_canary(request: Request) -> CanaryFile:
+    return request.app.state.canary
 
 
 def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:

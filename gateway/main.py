@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.canary import CanaryFile
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.routes import health, models, predict, ui
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.canary = CanaryFile(settings.canary_file)
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(models.router)

@@ -11,8 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.annotate import annotate
-from gateway.canary import canary_for
-from gateway.deps import get_metrics, get_settings, get_upstream, require_api_key
+from gateway.deps import get_canary, get_metrics, get_settings, get_upstream, require_api_key
 from gateway.errors import APIError, error_content
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
 from gateway.uploads import UploadedFile, read_files
@@ -79,7 +78,7 @@ async def predict_one(request: Request, data: bytes, params: InferenceParams) ->
     metrics = get_metrics(request)
     metrics.upload_bytes.observe(len(data))
     started = time.perf_counter()
-    version = params.version or canary_for(request).pick()
+    version = params.version or get_canary(request).pick()
     try:
         result = await get_upstream(request).predict(data, version, params.upstream_headers())
     except APIError as exc:
