@@ -32,8 +32,12 @@ def get_canary(request: Request) -> CanaryFile:
     return request.app.state.canary
 
 
-def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
-    """Accept ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` when keys are configured."""
+async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
+    """Accept ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` when keys are configured.
+
+    ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hand-off on every request of the hot path.
+    """
     allowed = get_settings(request).api_key_set
     if not allowed:
         return

@@ -10,10 +10,11 @@ same sample images are sent:
   (c) the gateway: ``POST /predict`` multipart, as users call it;
 
 each at concurrency 1 and at saturation (``--concurrency`` clients, or batches of that
-many images in-process). The default configuration (serving/model-config.yaml and
-package_mar's default format) and the baseline (eager .pt, batch size 1, one worker) run
-in the same invocation, so their ratios come from one machine state. ``--sweep`` measures
-the grid the default was chosen from. Results: reports/bench.json and reports/bench.md.
+many images in-process), for ``--seconds`` each after a warm-up. The default
+configuration (serving/model-config.yaml and package_mar's default format) and the
+baseline (eager .pt, batch size 1, one worker) run in the same invocation, so their
+ratios come from one machine state. ``--sweep`` measures the grid the default was
+chosen from. Results: reports/bench.json and reports/bench.md.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 TEMPLATE = ROOT / "serving" / "model-config.yaml"
 CORES = os.cpu_count() or 1
 BOUNDARY = "benchboundary7MA4YWxk"
+WARM_UP_S = 3  # per path, before anything is measured: JIT, first batches, connection pools
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,14 @@ class Config:
     max_delay_ms: int
     workers: int
     threads: int
+    cpu_pinning: bool = False
 
     @property
     def label(self) -> str:
+        pinned = ", pinned" if self.cpu_pinning else ""
         return (
             f"{self.format}, batch {self.batch_size}/{self.max_delay_ms} ms, "
-            f"{self.workers} worker(s) x {self.threads} thread(s)"
+            f"{self.workers} worker(s) x {self.threads} thread(s){pinned}"
         )
 
 
@@ -70,6 +74,7 @@ def default_config() -> Config:
         template["maxBatchDelay"],
         template["maxWorkers"],
         template["handler"]["threads"],
+        template["handler"].get("cpu_pinning", False),
     )
 
 
@@ -78,9 +83,12 @@ BASELINE = Config("baseline", "pt", 1, 0, 1, CORES)
 
 def sweep_configs() -> list[Config]:
     """The grid the default was chosen from: format, then batching, then workers x threads."""
-    grid = [Config(f"{fmt}-b4", fmt, 4, 5, 1, CORES) for fmt in ("pt", "onnx", "openvino")]
-    grid += [Config(f"openvino-b{b}", "openvino", b, d, 1, CORES) for b, d in ((1, 0), (8, 10))]
-    grid += [Config("openvino-b4-2w", "openvino", 4, 5, 2, 1)]
+    grid = [Config(f"{fmt}-b4", fmt, 4, 5, CORES, 1) for fmt in ("pt", "onnx", "openvino")]
+    grid += [Config(f"openvino-b{b}", "openvino", b, d, CORES, 1) for b, d in ((1, 0), (2, 5), (8, 10))]
+    grid += [
+        Config("openvino-b4-1w", "openvino", 4, 5, 1, CORES),
+        Config("openvino-b4-pinned", "openvino", 4, 5, CORES, 1, cpu_pinning=True),
+    ]
     return grid
 
 
@@ -107,8 +115,8 @@ class Result:
         }
 
 
-def in_process(model_file: Path, imgsz: int, batch: int, requests: int, max_s: float) -> Result:
-    """Ultralytics' predict on image files: ``batch`` images per call, torch on every core."""
+def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Result:
+    """Ultralytics' predict on image files for ``seconds``: ``batch`` images per call, torch on every core."""
     import torch
     from ultralytics import YOLO
 
@@ -119,7 +127,7 @@ def in_process(model_file: Path, imgsz: int, batch: int, requests: int, max_s: f
     for _ in range(3):
         model.predict(paths[:batch], imgsz=imgsz, batch=batch, verbose=False)
     latencies, images, started = [], 0, time.perf_counter()
-    while images < requests and time.perf_counter() - started < max_s:
+    while time.perf_counter() - started < seconds:
         chunk = [paths[(images + i) % len(paths)] for i in range(batch)]
         t0 = time.perf_counter()
         model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
@@ -133,8 +141,8 @@ def multipart(name: str, data: bytes) -> bytes:
     return head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def http_load(url: str, bodies: list[bytes], headers: dict, concurrency: int, requests: int, max_s: float) -> Result:
-    """``concurrency`` clients, each on one keep-alive connection, until ``requests`` or ``max_s``."""
+def http_load(url: str, bodies: list[bytes], headers: dict, concurrency: int, seconds: float) -> Result:
+    """``concurrency`` clients, each on one keep-alive connection, sending for ``seconds``."""
     parts = urlsplit(url)
     lock = threading.Lock()
     latencies: list[float] = []
@@ -145,7 +153,7 @@ def http_load(url: str, bodies: list[bytes], headers: dict, concurrency: int, re
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         while True:
             with lock:
-                if counter["sent"] >= requests or time.perf_counter() - started >= max_s:
+                if time.perf_counter() - started >= seconds:
                     break
                 index = counter["sent"]
                 counter["sent"] += 1
@@ -189,6 +197,7 @@ def package(config: Config, weights: Path, store: Path) -> Path:
         maxBatchDelay=config.max_delay_ms,
     )
     template["handler"]["threads"] = config.threads
+    template["handler"]["cpu_pinning"] = config.cpu_pinning
     model_config = store / f"{config.name}.yaml"
     model_config.write_text(yaml.safe_dump(template, sort_keys=False))
     cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights), "--version", "1.0"]
@@ -208,8 +217,7 @@ def measure_in_process(archive: Path, work: Path, args: argparse.Namespace) -> d
         imgsz = yaml.safe_load(mar.read("model-config.yaml"))["handler"]["imgsz"]
     model_file = model_dir / manifest["model"]["serializedFile"]
     cmd = [sys.executable, "-m", "scripts.bench", "--in-process", str(model_file), "--imgsz", str(imgsz)]
-    cmd += ["--requests", str(args.requests), "--max-seconds", str(args.max_seconds)]
-    cmd += ["--concurrency", str(args.concurrency)]
+    cmd += ["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
     if result.returncode:
         raise SystemExit(f"in-process run failed:\n{result.stderr[-3000:]}")
@@ -232,12 +240,12 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: b
             "gateway": (stack.gateway_url + "/predict", gateway_bodies, gateway_headers),
         }
         for url, bodies, headers in paths.values():
-            http_load(url, bodies, headers, args.concurrency, 4 * args.concurrency, 30)  # warm-up
+            http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
         levels = [("saturation", args.concurrency)] if quick else [("c1", 1), ("saturation", args.concurrency)]
         with MemorySampler(stack.run_dir, interval=0.5) as sampler:
             for level, concurrency in levels:
                 for path, (url, bodies, headers) in paths.items():
-                    result = http_load(url, bodies, headers, concurrency, args.requests, args.max_seconds)
+                    result = http_load(url, bodies, headers, concurrency, args.seconds)
                     out.setdefault(path, {})[level] = result.summary()
         out["memory"] = sampler.summary()
     return out
@@ -278,7 +286,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Benchmark: `{report['command']}` on {report['cores']} cores, {report['samples']} sample images "
         f"({report['started']}); saturation = {report['concurrency']} concurrent clients "
-        f"(in-process: batches of {report['concurrency']}).",
+        f"(in-process: batches of {report['concurrency']}); {report['seconds']:g} s per measurement.",
         "",
         "| config | path | conc. 1 img/s | p50 | p95 | p99 | saturation img/s | p50 | p95 | p99 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -312,9 +320,13 @@ def markdown(report: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=ROOT / "models/weights/v1.0/best.pt")
-    parser.add_argument("--requests", type=int, default=200, help="requests per measurement (default: %(default)s)")
-    parser.add_argument("--max-seconds", type=float, default=20, help="time cap per measurement (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=8, help="clients at saturation (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=15, help="length of each measurement (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="clients at saturation: enough to fill every worker's batch twice over (default: %(default)s)",
+    )
     parser.add_argument("--sweep", action="store_true", help="measure the configuration grid at saturation instead")
     parser.add_argument("--reports", type=Path, default=ROOT / "reports")
     parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {
-                    level: in_process(args.in_process, args.imgsz, batch, args.requests, args.max_seconds).summary()
+                    level: in_process(args.in_process, args.imgsz, batch, args.seconds).summary()
                     for level, batch in levels.items()
                 }
             )
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": CORES,
         "samples": len(SAMPLES),
         "concurrency": args.concurrency,
+        "seconds": args.seconds,
         "weights": str(args.weights),
     }
     if args.sweep:

@@ -35,7 +35,7 @@ class YoloHandler(BaseHandler):
         model_dir = context.system_properties["model_dir"]
         weights = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
         self.model_info = {"name": context.model_name, "version": self.manifest["model"].get("modelVersion", "")}
-        self.backend = load_backend(weights, self.config.threads)
+        self.backend = load_backend(weights, self.config.threads, self.config.cpu_pinning)
         self.names = {int(k): str(v) for k, v in self.backend.names.items()}
         self.end2end = bool(getattr(self.backend, "end2end", False))
         self._forward(np.zeros((1, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
@@ -129,13 +129,18 @@ class YoloHandler(BaseHandler):
         return kept[:, :6].cpu().numpy()
 
 
-def load_backend(weights: str, threads: int):
+def load_backend(weights: str, threads: int, cpu_pinning: bool = False):
     """Load any Ultralytics export (.pt, TorchScript, ONNX, OpenVINO) on CPU with a fixed thread count.
 
     Ultralytics resets torch to ``cpu_count - 1`` threads when it picks a device, and builds
     ONNX Runtime sessions and OpenVINO models with one thread per core. Every runtime is set
     to ``threads`` here, so the count in the model config is a deliberate choice (workers x
     threads should match the cores), not a side effect.
+
+    OpenVINO also pins its threads to cores unless told not to, and every worker process
+    picks the same first cores: two 1-thread workers then share one core while the other
+    idles (``openvino-b4-pinned`` in REPORT.md's sweep). ``cpu_pinning`` stays off unless
+    each worker gets cores of its own.
     """
     from ultralytics.nn.autobackend import AutoBackend
 
@@ -152,6 +157,6 @@ def load_backend(weights: str, threads: int):
         runtime.session = onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
     elif backend.format == "openvino":
         # LATENCY as AutoBackend sets it; precision stays the CPU's native one (bf16 on AMX Xeons).
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": cpu_pinning}
         runtime.ov_compiled_model = runtime.compile_model(weights, config=config)
     return backend

@@ -26,7 +26,8 @@ class HandlerConfig:
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 100
-    threads: int = 2
+    threads: int = 1
+    cpu_pinning: bool = False
     max_pixels: int = 40_000_000
 
     @classmethod

@@ -104,3 +104,16 @@ def test_format_agrees_with_pytorch(fmt, format_store, reference, tmp_path):
         matched += matched_pairs(got["detections"], expected["detections"], handler.config.conf)
         matched_pairs(expected["detections"], got["detections"], handler.config.conf)
     assert matched >= sum(len(r["detections"]) for r in reference) - 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_runtime_runs_the_configured_threads_unpinned(fmt, format_store, tmp_path):
+    """The archive's handler.threads reaches the runtime, and OpenVINO does not pin workers to one core."""
+    handler = load_handler(format_store / f"yolo_v1.{FORMATS.index(fmt)}.mar", tmp_path)
+    runtime = handler.backend.backend
+    if fmt == "onnx":
+        assert runtime.session.get_session_options().intra_op_num_threads == handler.config.threads
+    else:
+        compiled = runtime.ov_compiled_model
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == handler.config.threads
+        assert compiled.get_property("ENABLE_CPU_PINNING") is handler.config.cpu_pinning is False

@@ -12,6 +12,7 @@ from PIL import Image
 from yolo_image import (
     PAD_VALUE,
     RequestError,
+    batch_tensor,
     decode_image,
     detections_to_json,
     letterbox,
@@ -120,6 +121,14 @@ def test_letterbox_matches_ultralytics(ground_truth):
     canvas, _ = letterbox(decode_image(ground_truth[0].path.read_bytes(), MAX_PIXELS), 320)
     assert canvas.shape == expected.shape
     assert np.abs(canvas.astype(int) - expected[..., ::-1].astype(int)).mean() < 1.0
+
+
+def test_batch_tensor_is_nchw_scaled_to_unit_range():
+    images = [np.random.default_rng(seed).integers(0, 256, (64, 96, 3), dtype=np.uint8) for seed in (1, 2)]
+    batch = batch_tensor(images)
+    assert batch.shape == (2, 3, 64, 96) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    for row, image in enumerate(images):
+        np.testing.assert_array_equal(batch[row], image.transpose(2, 0, 1).astype(np.float32) / 255.0)
 
 
 def test_boxes_map_back_to_original_pixels():
