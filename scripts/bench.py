@@ -29,13 +29,14 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import yaml
 
-from scripts.loadtest import MemorySampler
+from scripts.loadtest import MemorySampler, stack_processes
 from scripts.package_mar import DEFAULT_FORMAT
 from scripts.stack import ROOT, Stack, running
 
@@ -98,8 +99,9 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     errors: int
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict:
         lat = sorted(self.latencies_ms)
 
         def pct(q: float) -> float:
@@ -112,7 +114,29 @@ class Result:
             "p99_ms": pct(0.99),
             "requests": len(lat),
             "errors": self.errors,
+            "cpu_ms_per_image": {
+                role: round(1000 * used / self.images, 2) if self.images else 0.0 for role, used in self.cpu_s.items()
+            },
         }
+
+
+def cpu_seconds(run_dir: Path) -> dict[str, float]:
+    """CPU time (user + system) so far of each role of the stack, and of this process: the load generator."""
+
+    def used(proc: psutil.Process) -> float:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # a worker that exited between listing and reading
+            return 0.0
+        return times.user + times.system
+
+    roles = {**stack_processes(run_dir), "load generator": [psutil.Process()]}
+    return {role: sum(used(proc) for proc in procs) for role, procs in roles.items()}
+
+
+def cpu_since(run_dir: Path, before: dict[str, float]) -> dict[str, float]:
+    """CPU each role spent since ``before`` (from ``cpu_seconds``), so costs show up per image."""
+    return {role: spent - before.get(role, 0.0) for role, spent in cpu_seconds(run_dir).items()}
 
 
 def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Result:
@@ -126,14 +150,15 @@ def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Resu
     torch.set_num_threads(CORES)  # Ultralytics set it to cores - 1 while building the predictor
     for _ in range(3):
         model.predict(paths[:batch], imgsz=imgsz, batch=batch, verbose=False)
-    latencies, images, started = [], 0, time.perf_counter()
+    latencies, images, started, cpu_started = [], 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         chunk = [paths[(images + i) % len(paths)] for i in range(batch)]
         t0 = time.perf_counter()
         model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
         latencies.append((time.perf_counter() - t0) * 1000)
         images += batch
-    return Result(images, time.perf_counter() - started, latencies, 0)
+    elapsed = time.perf_counter() - started
+    return Result(images, elapsed, latencies, 0, {"in-process": time.process_time() - cpu_started})
 
 
 def multipart(name: str, data: bytes) -> bytes:
@@ -245,7 +270,9 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: b
         with MemorySampler(stack.run_dir, interval=0.5) as sampler:
             for level, concurrency in levels:
                 for path, (url, bodies, headers) in paths.items():
+                    before = cpu_seconds(stack.run_dir)
                     result = http_load(url, bodies, headers, concurrency, args.seconds)
+                    result.cpu_s = cpu_since(stack.run_dir, before)
                     out.setdefault(path, {})[level] = result.summary()
         out["memory"] = sampler.summary()
     return out
@@ -307,6 +334,7 @@ def markdown(report: dict) -> str:
     if report.get("ratios"):
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in report["ratios"].items()]
+    lines += ["", *cpu_table(report["runs"])]
     lines += ["", "| config | role | processes | peak RSS MiB | growth MiB |", "|---|---|---|---|---|"]
     for entry in report["runs"]:
         for role, mem in entry.get("memory", {}).items():
@@ -315,6 +343,27 @@ def markdown(report: dict) -> str:
                 f"{mem['growth_mib']:+} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(runs: list[dict]) -> list[str]:
+    """Where the CPU goes at saturation: milliseconds of CPU per image served, by process role."""
+    roles = ["in-process", "workers", "frontend", "gateway", "load generator"]
+    lines = [
+        "CPU time per image at saturation, in ms (user + system over all threads of each process; "
+        f"{CORES} cores give at most {CORES * 1000} ms of CPU per second):",
+        "",
+        "| config | path | " + " | ".join(roles) + " | total |",
+        "|---|---|" + "---|" * (len(roles) + 1),
+    ]
+    for entry in runs:
+        for path in ("in_process", "direct", "gateway"):
+            cpu = entry.get(path, {}).get("saturation", {}).get("cpu_ms_per_image")
+            if not cpu:
+                continue
+            cells = [f"{cpu[role]:.2f}" if role in cpu else "-" for role in roles]
+            total = sum(cpu.values())
+            lines.append(f"| {entry['config']['name']} | {path} | " + " | ".join(cells) + f" | {total:.2f} |")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
