@@ -130,7 +130,7 @@ def section_deployment(stack: Stack, startup: str) -> str:
         [
             "Start-up (`scripts.stack.up`, what `make up` runs; private ports for this run):",
             fence(startup, "console"),
-            "Processes right after start (TorchServe's Python launcher, its Java frontend and the model worker; "
+            "Processes right after start (TorchServe's Python launcher, its Java frontend and the model workers; "
             "the gateway):",
             fence(processes(stack)),
             "The rendered TorchServe config:",
