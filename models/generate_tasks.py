@@ -338,6 +338,27 @@ def generate(task: str, out: Path, seed: int, counts: dict[str, int], size: tupl
     return yaml_path
 
 
+def write_labelled_set(task: str, out: Path, seed: int, split: str, count: int, size: tuple[int, int]) -> Path:
+    """A small flat labelled set (a deploy gate set): images/ + labels/ + data.yaml, or <class>/ folders.
+
+    Images are indices 0..count-1 of ``split``; use a split the model never trained on.
+    """
+    out = Path(out)
+    for i in range(count):
+        rng = task_rng(seed, task, split, i)
+        stem = f"{task}_{split}_{i:03d}"
+        if task == "classify":
+            bgr, truth = render(task, rng, *size)
+            path = out / truth["class"] / f"{stem}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gd.encode_jpeg(rng, bgr))
+        else:
+            write_image(task, rng, size, out / "images" / f"{stem}.jpg", out / "labels" / f"{stem}.txt")
+    if task != "classify":
+        (out / "data.yaml").write_text(data_yaml_text(task))
+    return out
+
+
 def dataset_name(task: str, seed: int, counts: dict[str, int], size: tuple[int, int]) -> str:
     """Directory name that encodes every generation parameter, so changed args never reuse stale data."""
     return f"{task}_s{seed}_{size[0]}x{size[1]}_{counts['train']}-{counts['val']}-{counts['test']}"
