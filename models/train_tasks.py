@@ -109,9 +109,8 @@ def train(task: str, data: Path, run_dir: Path, seed: int, epochs: int, imgsz: i
 
     def progress(trainer) -> None:
         shown = " ".join(f"{k}={v}" for k, v in _metrics(trainer.metrics).items())
-        print(
-            f"[{task} epoch {trainer.epoch + 1}/{trainer.epochs}] {shown} wall={time.time() - start:.0f}s", flush=True
-        )
+        stage = "best.pt" if trainer.epoch >= trainer.epochs else f"epoch {trainer.epoch + 1}/{trainer.epochs}"
+        print(f"[{task} {stage}] {shown} wall={time.time() - start:.0f}s", flush=True)
 
     model.add_callback("on_fit_epoch_end", progress)
     model.add_callback("on_train_end", lambda trainer: final.update(_metrics(trainer.metrics)))
