@@ -65,10 +65,10 @@ SPECS = {
     "obb": {"model": "yolo11n-obb.yaml", "imgsz": 256, "train": 300, "val": 50, "epochs": 20, "gate_size": (480, 360)},
     "classify": {
         "model": "yolo11n-cls.yaml",
-        "imgsz": 128,
-        "train": 800,
+        "imgsz": 96,
+        "train": 480,
         "val": 80,
-        "epochs": 40,
+        "epochs": 20,
         "gate_size": (224, 224),
         # Random erasing and RandAugment often wipe out the one small part in the frame: a nano
         # classifier trained for a few minutes then stays at chance (0.19-0.29 top-1 after 15 epochs).

@@ -17,13 +17,15 @@ from scripts import gate_metrics as gm  # noqa: E402
 
 WEIGHTS = MODELS_DIR / "weights" / "tasks"
 GATES = ROOT / "samples" / "gates"
+# classify has no committed model yet: yolo11n-cls did not learn the generated classes (see MODEL_CARD.md).
+TRAINED = ("detect", "segment", "pose", "obb")
 
 
 def trained(task: str) -> dict:
     return yaml.safe_load((WEIGHTS / task / "training.json").read_text())
 
 
-@pytest.fixture(scope="module", params=gt.TASKS)
+@pytest.fixture(scope="module", params=TRAINED)
 def task_model(request):
     """(task, YOLO model, one gate image, its Ultralytics Results) for each committed task model."""
     from ultralytics import YOLO
@@ -84,7 +86,7 @@ def test_pose_checkpoint_carries_keypoint_names():
     assert YOLO(str(WEIGHTS / "pose" / "best.pt")).model.kpt_names == {0: list(gt.KPT_NAMES)}
 
 
-@pytest.mark.parametrize("task", gt.TASKS)
+@pytest.mark.parametrize("task", TRAINED)
 def test_each_committed_model_passes_its_committed_gate(task):
     spec = gm.gate_spec(GATES / task)
     loaded_task, items = gm.load_gate_set(GATES / task)
