@@ -219,6 +219,25 @@ def _label(task: str, cls: int, parts: list[Part], extra: dict, cx: float, cy: f
     return obj
 
 
+def _place_one(
+    rng, img, task: str, cls: int, parts, extra, objects: list[dict], size, spread: float, gap: float
+) -> bool:
+    """Try 40 random poses near the centre (``spread``: fraction of the frame) for a part inside the
+    image and clear of the others; draw and label the first that fits."""
+    w, h = size
+    for _ in range(40):
+        angle = rng.uniform(0, 2 * np.pi)
+        cx, cy = w * rng.uniform(0.5 - spread, 0.5 + spread), h * rng.uniform(0.5 - spread, 0.5 + spread)
+        obj = _label(task, cls, parts, extra, cx, cy, angle)
+        x1, y1, x2, y2 = obj["bbox"]
+        inside = x1 >= 2 and y1 >= 2 and x2 <= w - 2 and y2 <= h - 2
+        if inside and not _overlaps(obj["bbox"], [o["bbox"] for o in objects], gap):
+            draw_object(rng, img, [(_place(p, cx, cy, angle), layer) for p, layer in parts])
+            objects.append(obj)
+            return True
+    return False
+
+
 def render(task: str, rng: np.random.Generator, w: int, h: int, classes: list[int] | None = None):
     """Render one image of a task. Returns (BGR uint8 image, labels in pixels).
 
@@ -233,17 +252,13 @@ def render(task: str, rng: np.random.Generator, w: int, h: int, classes: list[in
         n = 1 if task == "classify" else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
         classes = [int(c) for c in rng.integers(0, len(names), size=n)]
     objects: list[dict] = []
+    # A classifier sees one part filling a crop, as an inspection camera framed on it delivers.
+    framed = task == "classify"
+    spread = 0.1 if framed else 0.5
     for cls in classes:
-        parts, extra = SHAPES[names[cls]](rng, scale * (1.4 if task == "classify" else 1.0))
-        for _ in range(40):
-            angle = rng.uniform(0, 2 * np.pi)
-            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            obj = _label(task, cls, parts, extra, cx, cy, angle)
-            x1, y1, x2, y2 = obj["bbox"]
-            inside = x1 >= 2 and y1 >= 2 and x2 <= w - 2 and y2 <= h - 2
-            if inside and not _overlaps(obj["bbox"], [o["bbox"] for o in objects], 8 * scale):
-                draw_object(rng, img, [(_place(p, cx, cy, angle), layer) for p, layer in parts])
-                objects.append(obj)
+        for factor in (2.0, 1.7, 1.4) if framed else (1.0,):  # framed: as large as still fits
+            parts, extra = SHAPES[names[cls]](rng, scale * factor)
+            if _place_one(rng, img, task, cls, parts, extra, objects, (w, h), spread, 8 * scale):
                 break
     img = gd.apply_lighting(rng, img)
     bgr = gd.degrade(rng, img)
