@@ -13,6 +13,8 @@ USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 2m
 WEIGHTS ?= models/weights/v$(VERSION)/best.pt
+GATE_DATA ?= samples
+PACKAGE = bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) --gate-data $(GATE_DATA)
 
 .PHONY: help venv archive package up down status logs test lint compose-up compose-down
 .PHONY: redeploy rollback canary promote history loadtest bench report
@@ -32,11 +34,11 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 archive: venv ## Build yolo_v$(VERSION).mar if missing and point the cold start at it if nothing is deployed
-	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
 	@test -L serving/model-store/yolo_current.mar || $(PY) -m scripts.stack set-current $(VERSION)
 
-package: venv ## Package WEIGHTS as VERSION (FORCE=1 to rebuild an existing version)
-	bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) $(if $(FORCE),--force)
+package: venv ## Package WEIGHTS as VERSION, gated on GATE_DATA (FORCE=1 to rebuild an existing version)
+	$(PACKAGE) $(if $(FORCE),--force)
 
 up: archive ## Set everything up and start TorchServe + gateway (idempotent)
 	$(PY) -m scripts.stack up
@@ -60,7 +62,7 @@ test: venv lint ## Set everything up, lint, and run the whole test suite
 
 redeploy: venv ## Package WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
-	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
 	bash scripts/deploy.sh $(VERSION)
 
 rollback: venv ## Abort a canary, or go back to the previous version (or VERSION=...)
@@ -69,7 +71,7 @@ rollback: venv ## Abort a canary, or go back to the previous version (or VERSION
 canary: venv ## Package (unless packaged) and canary VERSION on PERCENT % of /predict traffic
 	$(NEED_VERSION)
 	@test -n "$(PERCENT)" || { echo "error: say how much traffic: make canary VERSION=$(VERSION) PERCENT=20" >&2; exit 1; }
-	@test -f serving/model-store/yolo_v$(VERSION).mar || bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION)
+	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
 	bash scripts/deploy.sh $(VERSION) --canary $(PERCENT)
 
 promote: venv ## Make the running canary VERSION the default

@@ -51,8 +51,9 @@ class GatewayMetrics:
         version = body.get("model", {}).get("version", "unknown")
         self.upstream.labels(version).observe(upstream_s)
         self.predictions.labels(version).inc()
-        for detection in body.get("detections", []):
-            self.detections.labels(detection["class"], version).inc()
+        found = body.get("detections") or body.get("classifications", [])[:1]  # a classifier counts its top class
+        for item in found:
+            self.detections.labels(item["class"], version).inc()
 
 
 class MetricsMiddleware:

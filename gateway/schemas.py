@@ -17,13 +17,52 @@ class ImageSize(BaseModel):
     height: int = Field(gt=0, examples=[720])
 
 
+Task = Literal["detect", "segment", "pose", "obb", "classify"]
+Point = list[float]
+
+
+class Keypoint(BaseModel):
+    name: str = Field(examples=["tip"], description="from the model's kpt_names, else the keypoint's index")
+    x: float
+    y: float
+    confidence: float | None = Field(None, description="visibility score; null for models without one")
+
+
+class RotatedBox(BaseModel):
+    cx: float
+    cy: float
+    w: float
+    h: float
+    angle: float = Field(description="radians, Ultralytics' xywhr convention")
+
+
+class RLE(BaseModel):
+    size: list[int] = Field(min_length=2, max_length=2, description="height, width")
+    counts: list[int] = Field(description="COCO uncompressed RLE: column-major run lengths, zeros first")
+
+
 class Detection(BaseModel):
     class_name: str = Field(alias="class", examples=["scratch"])
     class_id: int = Field(ge=0, examples=[0])
     confidence: float = Field(ge=0, le=1, examples=[0.91])
     bbox: list[float] = Field(
-        min_length=4, max_length=4, description="x1, y1, x2, y2 in pixels of the upright original image"
+        min_length=4,
+        max_length=4,
+        description="x1, y1, x2, y2 in pixels of the upright original image (obb: the box around the corners)",
     )
+    polygons: list[list[Point]] | None = Field(None, description="segment: mask outlines, [[x, y], ...] each")
+    rle: RLE | None = Field(None, description="segment with masks=rle: the full-resolution mask")
+    keypoints: list[Keypoint] | None = Field(None, description="pose")
+    obb: RotatedBox | None = Field(None, description="obb: the rotated box")
+    corners: list[Point] | None = Field(None, description="obb: the rotated box's 4 corners")
+
+    model_config = {"populate_by_name": True}
+
+
+class Classification(BaseModel):
+    class_name: str = Field(alias="class", examples=["cracked"])
+    class_id: int = Field(ge=0)
+    confidence: float = Field(ge=0, le=1)
 
     model_config = {"populate_by_name": True}
 
@@ -38,9 +77,11 @@ class Timing(BaseModel):
 
 class PredictResponse(BaseModel):
     status: Literal["success"] = "success"
+    task: Task = Field(description="the model's task: which of detections / classifications is present")
     model: ModelRef
     image: ImageSize
-    detections: list[Detection] = Field(description="sorted by confidence, highest first")
+    detections: list[Detection] | None = Field(None, description="all tasks but classify; best first")
+    classifications: list[Classification] | None = Field(None, description="classify: the top-k classes, best first")
     timing_ms: Timing
 
 
@@ -59,9 +100,11 @@ class BatchItem(BaseModel):
     filename: str | None = None
     http_status: int = Field(description="what /predict would have answered for this file alone")
     status: Literal["success", "error"]
+    task: Task | None = None
     model: ModelRef | None = None
     image: ImageSize | None = None
     detections: list[Detection] | None = None
+    classifications: list[Classification] | None = None
     timing_ms: Timing | None = None
     error: ErrorDetail | None = None
 
@@ -81,6 +124,7 @@ class HealthResponse(BaseModel):
 
 class ModelVersion(BaseModel):
     version: str
+    task: Task | None = Field(None, description="as the version's handler reports it")
     is_default: bool
     workers_ready: int
     workers_total: int
@@ -91,4 +135,6 @@ class ModelVersion(BaseModel):
 class ModelsResponse(BaseModel):
     model: str
     default_version: str | None
+    task: Task | None = Field(None, description="the default version's task")
+    classes: dict[int, str] | None = Field(None, description="the default version's class names by id")
     versions: list[ModelVersion]

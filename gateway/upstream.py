@@ -199,6 +199,17 @@ class TorchServeClient:
             raise APIError(504, "upstream_timeout", f"TorchServe timed out: {text}")
         raise APIError(502, "inference_failed", f"TorchServe answered {response.status_code}: {text}")
 
+    async def handler_metadata(self, version: str) -> dict:
+        """What the version's handler says of itself (task, classes); empty when it cannot say."""
+        url = f"{self.settings.ts_management_url}/models/{self.settings.model_name}/{version}"
+        response = await self._call("management", "GET", url, params={"customized": "true"})
+        try:
+            metadata = response.json()[0]["customizedMetadata"]
+            metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+        except (ValueError, KeyError, IndexError, TypeError):
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+
     async def describe(self, version: str | None = None, all_versions: bool = False) -> list[dict]:
         """Management API's description of the model (default version, one version, or all)."""
         suffix = "/all" if all_versions else (f"/{version}" if version else "")

@@ -89,6 +89,14 @@ def to_answer(result, model, task: str, top_k: int = TOP_K) -> dict:
     return body
 
 
+def load_model(weights: Path | str):
+    """The weights in the Ultralytics class that predicts with them: ``RTDETR`` for RT-DETR, else ``YOLO``."""
+    from ultralytics import RTDETR, YOLO
+
+    model = YOLO(str(weights))
+    return RTDETR(str(weights)) if type(model.model).__name__.startswith("RTDETR") else model
+
+
 def reference_answers(
     weights: Path | str,
     images: Sequence[Path | str],
@@ -97,13 +105,14 @@ def reference_answers(
     iou: float = 0.7,
     top_k: int = TOP_K,
     device: str = "cpu",
+    max_det: int = 300,
 ) -> list[dict]:
     """YOLO(weights).predict on each image (one at a time, files as given) -> contract JSON bodies, in order."""
-    from ultralytics import YOLO
-
-    yolo = YOLO(str(weights))
+    yolo = load_model(weights)
     answers = []
     for image in images:
-        (result,) = yolo.predict(str(image), imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False)
+        (result,) = yolo.predict(
+            str(image), imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False
+        )
         answers.append(to_answer(result, yolo.model, yolo.task, top_k))
     return answers

@@ -1,8 +1,9 @@
 """Deploy, canary, promote and roll back model versions on a running TorchServe, dropping no request.
 
 Everything goes through the management API: the candidate is registered next to the
-serving version, gated on the labelled samples through ``/predictions/<name>/<version>``,
-then made the default with ``set-default``, which TorchServe switches atomically, so
+serving version, smoke-checked and gated on the labelled set its own archive carries
+(``package_mar.sh --gate-data``) through ``/predictions/<name>/<version>``, then made the
+default with ``set-default``, which TorchServe switches atomically, so
 requests in flight finish on the version they started on. The previous version stays
 loaded for an instant rollback. The cold-start pointer (``<name>_current.mar``) follows
 every switch, so a restarted TorchServe comes back on the version last chosen, and each
@@ -17,21 +18,25 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import json
 import os
 import sys
+import tempfile
 import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from gateway.canary import Canary
-from scripts.package_mar import VERSION_RE, sha256sum
-from scripts.stack import ROOT, Stack, ready_workers, set_current, wait_until
+from scripts.gate_metrics import gate_spec, load_gate_set, score
+from scripts.package_mar import GATE_DIR, VERSION_RE, sha256sum
+from scripts.stack import Stack, ready_workers, set_current, wait_until
 
-SAMPLES = ROOT / "samples"
 DEFAULT_KEEP = int(os.environ.get("DEPLOY_KEEP", "1"))
 DEFAULT_DRAIN_S = float(os.environ.get("DEPLOY_DRAIN_S", "3"))
 SWITCHES = ("deploy", "promote", "rollback")  # history actions that change the default version
@@ -154,15 +159,8 @@ def check_archive(stack: Stack, version: str) -> Path:
     return archive
 
 
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def contract_problems(body: dict, version: str, width: int, height: int) -> list[str]:
+    """What is wrong with an answer's shape, whatever the model's task: empty when it keeps the contract."""
     if body.get("status") != "success":
         return [f"status {body.get('status')!r}: {body.get('error')}"]
     problems = []
@@ -170,33 +168,66 @@ def contract_problems(body: dict, version: str, width: int, height: int) -> list
         problems.append(f"answered as version {body.get('model')}")
     if body.get("image") != {"width": width, "height": height}:
         problems.append(f"image size {body.get('image')} instead of {width}x{height}")
-    for d in body.get("detections", []):
+    if body.get("task") == "classify":
+        ranked = body.get("classifications")
+        if not ranked or not all(0 <= c["confidence"] <= 1 for c in ranked):
+            problems.append(f"classifications missing or out of range: {ranked}")
+        return problems
+    if not isinstance(body.get("detections"), list):
+        problems.append(f"a {body.get('task')!r} answer without a detections list")
+    for d in body.get("detections") or []:
         x1, y1, x2, y2 = d["bbox"]
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height and 0 <= d["confidence"] <= 1):
             problems.append(f"detection out of bounds: {d}")
     return problems
 
 
-def quality_gate(ts: Management, version: str, samples: Path = SAMPLES) -> list[str]:
-    """Every labelled defect of every sample must be found (right class, IoU >= 0.5) by ``version`` alone."""
-    images = json.loads((samples / "ground_truth.json").read_text())["images"]
-    labelled = {name: truth for name, truth in sorted(images.items()) if truth["defects"]}
-    if not labelled:
-        return [f"{samples / 'ground_truth.json'} has no labelled defects to check against"]
-    problems = []
-    for name, truth in labelled.items():
-        response = ts.predict(version, (samples / name).read_bytes())
-        if response.status_code != 200:
-            problems.append(f"{name}: HTTP {response.status_code} {_message(response)}")
-            continue
+def _answer(response: httpx.Response) -> dict:
+    try:
         body = response.json()
-        problems += [f"{name}: {p}" for p in contract_problems(body, version, truth["width"], truth["height"])]
-        for expected in truth["defects"]:
-            found = [d["bbox"] for d in body.get("detections", []) if d["class"] == expected["class"]]
-            best = max((iou(box, expected["bbox"]) for box in found), default=0.0)
-            if best < 0.5:
-                problems.append(f"{name}: {expected['class']} at {expected['bbox']} not found (best IoU {best:.2f})")
-    return problems
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("status") in ("success", "error"):
+        return body
+    return {"status": "error", "error": {"code": f"http_{response.status_code}", "message": _message(response)}}
+
+
+def smoke_check(ts: Management, version: str) -> list[str]:
+    """Every version, gated or not, must answer a synthetic image with the contract's shape."""
+    width, height = 333, 250  # odd sizes: the letterbox and the way back both have to be right
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    response = ts.predict(version, buffer.getvalue())
+    return [f"smoke check: {p}" for p in contract_problems(_answer(response), version, width, height)]
+
+
+def archive_gate(archive: Path, dest: Path) -> Path | None:
+    """Unpack the gate set an archive carries into ``dest``; None when it carries none."""
+    with zipfile.ZipFile(archive) as mar:
+        members = [m for m in mar.namelist() if m.startswith(f"{GATE_DIR}/")]
+        if not members:
+            return None
+        mar.extractall(dest, members)
+    return dest / GATE_DIR
+
+
+def quality_gate(ts: Management, version: str, gate_dir: Path) -> tuple[dict, list[str]]:
+    """Score ``version`` alone on its gate set with the task's metric; problems when it falls short."""
+    spec = gate_spec(gate_dir)
+    task, items = load_gate_set(gate_dir)
+    answers, problems = [], []
+    for item in items:
+        answer = _answer(ts.predict(version, item["image"].read_bytes()))
+        problems += [
+            f"{item['image'].name}: {p}" for p in contract_problems(answer, version, item["width"], item["height"])
+        ]
+        answers.append(answer)
+    value = score(task, items, answers)
+    result = {"task": task, "metric": spec.get("metric"), "value": round(value, 4), "threshold": spec["threshold"]}
+    if value < float(spec["threshold"]):
+        problems.append(f"{spec.get('metric', 'score')} {value:.3f} on {len(items)} gate images < {spec['threshold']}")
+    return result, problems
 
 
 def read_history(stack: Stack) -> list[dict]:
@@ -278,18 +309,35 @@ def _check_version(version: str) -> None:
         raise DeployError(f"version must look like 1.0 or 2.1.3, got {version!r}")
 
 
-def _load_and_gate(ts: Management, version: str, previous: str, action: str, out) -> None:
-    """Load ``version`` unless it is, and gate it; on failure unload what this call loaded and record the refusal."""
+def _load_and_gate(ts: Management, version: str, previous: str, action: str, out, gate: bool = True) -> dict:
+    """Load ``version`` unless it is, smoke-check and gate it; on failure unload what this call loaded.
+
+    Returns what the history records of the gate. An archive without a gate set is refused
+    unless ``gate`` is off (``--no-gate``), which the history records as ungated.
+    """
     stack = ts.stack
     loaded_now = version not in ts.loaded_versions()
     try:
-        if loaded_now:
-            archive = check_archive(stack, version)
-            out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) next to {previous} ...")
-            ts.register(version)
-        wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
-        out(f"{version}: worker ready; quality gate on the labelled samples ...")
-        problems = quality_gate(ts, version)
+        archive = check_archive(stack, version)
+        with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+            gate_dir = archive_gate(archive, Path(tmp))
+            if gate and gate_dir is None:
+                raise DeployError(
+                    f"{archive.name} carries no gate set (package it with --gate-data DIR), "
+                    "or deploy it ungated with --no-gate"
+                )
+            if loaded_now:
+                out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) next to {previous} ...")
+                ts.register(version)
+            wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
+            problems = smoke_check(ts, version)
+            if problems:
+                raise DeployError(f"{version} failed the smoke check:\n  " + "\n  ".join(problems))
+            if not gate:
+                out(f"{version}: smoke check passed; NOT gated (--no-gate)")
+                return {"gated": False}
+            out(f"{version}: worker ready; quality gate on the archive's own gate set ...")
+            result, problems = quality_gate(ts, version, gate_dir)
         if problems:
             raise DeployError(f"{version} failed the quality gate:\n  " + "\n  ".join(problems))
     except (DeployError, TimeoutError) as exc:
@@ -297,14 +345,17 @@ def _load_and_gate(ts: Management, version: str, previous: str, action: str, out
             ts.unregister(version)
         record(stack, "refused", version, previous, result="refused", attempted=action, reason=str(exc))
         raise DeployError(f"refused {version}; {previous} keeps serving. {exc}") from exc
-    out(f"{version}: quality gate passed")
+    out(f"{version}: quality gate passed ({result['metric']} {result['value']} >= {result['threshold']})")
+    return {"gated": True, "gate": result}
 
 
-def _switch(ts: Management, version: str, previous: str, action: str, keep: int, drain_s: float, out) -> None:
+def _switch(
+    ts: Management, version: str, previous: str, action: str, keep: int, drain_s: float, out, gated: dict
+) -> None:
     """Make ``version`` the default, move the cold-start pointer, record it, unload what is past ``keep``."""
     ts.set_default(version)
     set_current(ts.stack, version)
-    record(ts.stack, action, version, previous)
+    record(ts.stack, action, version, previous, **gated)
     out(f"{version} is now the default (was {previous}); cold start loads {archive_for(ts.stack, version).name}")
     unload_extras(ts, version, keep, drain_s, out)
 
@@ -328,7 +379,14 @@ def unload_extras(ts: Management, current: str, keep: int, drain_s: float, out) 
         out(f"unloaded {version} (keeping {keep} previous version{'s' if keep != 1 else ''} loaded)")
 
 
-def deploy(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print) -> str:
+def deploy(
+    stack: Stack,
+    version: str,
+    keep: int = DEFAULT_KEEP,
+    drain_s: float = DEFAULT_DRAIN_S,
+    out=print,
+    gate: bool = True,
+) -> str:
     """Gate ``version`` and make it the default; a no-op when it already is."""
     _check_version(version)
     ts = Management(stack)
@@ -340,14 +398,20 @@ def deploy(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float 
         set_current(stack, version)
         out(f"{version} is already the default; nothing to do")
         return version
-    _load_and_gate(ts, version, current, "deploy", out)
-    _switch(ts, version, current, "deploy", keep, drain_s, out)
+    gated = _load_and_gate(ts, version, current, "deploy", out, gate)
+    _switch(ts, version, current, "deploy", keep, drain_s, out, gated)
     write_canary(stack, None)
     return version
 
 
 def start_canary(
-    stack: Stack, version: str, percent: float, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print
+    stack: Stack,
+    version: str,
+    percent: float,
+    keep: int = DEFAULT_KEEP,
+    drain_s: float = DEFAULT_DRAIN_S,
+    out=print,
+    gate: bool = True,
 ) -> Canary:
     """Load and gate ``version`` without promoting it, then let the gateway send it ``percent`` % of traffic."""
     _check_version(version)
@@ -364,10 +428,9 @@ def start_canary(
     if running == wanted:
         out(f"canary of {version} at {percent:g}% is already running; nothing to do")
         return wanted
-    if running is None:
-        _load_and_gate(ts, version, current, "canary", out)
+    gated = _load_and_gate(ts, version, current, "canary", out, gate) if running is None else {}
     write_canary(stack, wanted)
-    record(stack, "canary", version, current, percent=wanted.percent)
+    record(stack, "canary", version, current, percent=wanted.percent, **gated)
     out(f"canary: {percent:g}% of /predict traffic goes to {version}, the rest to {current}")
     out(f"finish with: scripts/deploy.sh {version} --promote   abort with: scripts/rollback.sh")
     return wanted
@@ -394,7 +457,12 @@ def promote(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float
 
 
 def rollback(
-    stack: Stack, version: str | None = None, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print
+    stack: Stack,
+    version: str | None = None,
+    keep: int = DEFAULT_KEEP,
+    drain_s: float = DEFAULT_DRAIN_S,
+    out=print,
+    gate: bool = True,
 ) -> str:
     """Abort a running canary, or go back to ``version`` (default: the version served before this one)."""
     ts = Management(stack)
@@ -423,9 +491,10 @@ def rollback(
         return version
     if version in ts.loaded_versions():
         out(f"{version} is still loaded: switching instantly")
+        gated = {}
     else:
-        _load_and_gate(ts, version, current, "rollback", out)
-    _switch(ts, version, current, "rollback", keep, drain_s, out)
+        gated = _load_and_gate(ts, version, current, "rollback", out, gate)
+    _switch(ts, version, current, "rollback", keep, drain_s, out, gated)
     return version
 
 
@@ -435,6 +504,9 @@ def print_history(stack: Stack, out=print) -> None:
         out(f"no deployments recorded in {history_path(stack)}")
     for e in entries:
         extra = {k: v for k, v in e.items() if k not in ("when", "who", "action", "version", "previous", "sha256")}
+        if isinstance(extra.get("gate"), dict):
+            gate = extra["gate"]
+            extra["gate"] = f"{gate['metric']}:{gate['value']}>={gate['threshold']}"
         if "reason" in extra:  # one line per entry; the file keeps the whole reason
             lines = extra["reason"].splitlines()
             extra["reason"] = lines[0].rstrip(":") + (f" ({len(lines) - 1} more lines)" if len(lines) > 1 else "")
@@ -450,6 +522,7 @@ def stack_from_env(args: argparse.Namespace) -> Stack:
     """The ``make up`` stack, or the one the options / STACK_* environment variables point at."""
     stack = Stack()
     overrides = {
+        "model_name": args.model or stack.model_name,
         "run_dir": Path(args.run_dir) if args.run_dir else stack.run_dir,
         "model_store": Path(args.model_store) if args.model_store else stack.model_store,
         "inference_port": args.inference_port or stack.inference_port,
@@ -462,11 +535,18 @@ def _stack_options() -> argparse.ArgumentParser:
     env = os.environ.get
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("stack (default: the `make up` stack)")
+    group.add_argument("--model", default=env("STACK_MODEL_NAME"), help="model name [env STACK_MODEL_NAME] (yolo)")
     group.add_argument("--run-dir", default=env("STACK_RUN_DIR"), help="runtime dir [env STACK_RUN_DIR] (var/)")
     group.add_argument("--model-store", default=env("STACK_MODEL_STORE"), help="[env STACK_MODEL_STORE]")
     group.add_argument("--inference-port", type=int, default=env("STACK_INFERENCE_PORT"), help="(8085)")
     group.add_argument("--management-port", type=int, default=env("STACK_MANAGEMENT_PORT"), help="(8086)")
     tuning = parent.add_argument_group("switching")
+    tuning.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_false",
+        help="deploy an archive that carries no gate set (smoke check only); the history records it as ungated",
+    )
     tuning.add_argument(
         "--keep",
         type=int,
@@ -491,10 +571,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="scripts/deploy.sh",
         parents=[common],
         help="deploy, canary or promote a version",
-        description="Register VERSION's archive, gate it on the labelled samples, make it the default "
+        description="Register VERSION's archive, gate it on the labelled set it carries, make it the default "
         "(or a canary), keep the previous version loaded and record it in the deploy history.",
     )
-    dep.add_argument("version", help="version packaged as <model-store>/yolo_vVERSION.mar")
+    dep.add_argument("version", help="version packaged as <model-store>/<model>_vVERSION.mar")
     mode = dep.add_mutually_exclusive_group()
     mode.add_argument("--canary", type=float, metavar="PERCENT", help="send PERCENT %% of /predict to it, no promote")
     mode.add_argument("--promote", action="store_true", help="finish the running canary of VERSION")
@@ -514,14 +594,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stack = stack_from_env(args)
-    options = {"keep": args.keep, "drain_s": args.drain}
+    options = {"keep": args.keep, "drain_s": args.drain, "gate": args.gate}
     try:
         if args.command == "history":
             print_history(stack)
-        elif args.command == "rollback":
+            return 0
+        if args.command == "rollback":
             rollback(stack, args.version, **options)
         elif args.promote:
-            promote(stack, args.version, **options)
+            promote(stack, args.version, keep=args.keep, drain_s=args.drain)
         elif args.canary is not None:
             start_canary(stack, args.version, args.canary, **options)
         else:

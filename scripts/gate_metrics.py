@@ -118,7 +118,8 @@ def load_gate_set(gate_dir: Path) -> tuple[str, list[dict]]:
     names = {int(k): str(v) for k, v in data["names"].items()}
     kpt_names = [str(n) for n in (data.get("kpt_names") or {}).get(0, [])]
     items = []
-    for image in sorted(p for p in (gate_dir / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    image_dir = gate_dir / "images" if (gate_dir / "images").is_dir() else gate_dir  # or beside labels/
+    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         width, height = image_size(image)
         label = gate_dir / "labels" / f"{image.stem}.txt"
         lines = label.read_text().splitlines() if label.exists() else []

@@ -1,8 +1,13 @@
 """Build a versioned TorchServe archive (serving/model-store/<name>_v<version>.mar) from YOLO weights.
 
 The weights are loaded and run on a sample image before anything is packaged, so a
-broken file never becomes an archive. An existing version is never overwritten unless
-``--force`` is given: a version number must always mean the same bytes.
+broken file never becomes an archive. Their task (detect, segment, pose, obb, classify),
+class names and keypoint names are read from the weights and recorded in the archive's
+model config, which is how the handler knows what to answer. An existing version is never
+overwritten unless ``--force`` is given: a version number must always mean the same bytes.
+
+``--gate-data DIR`` puts a small labelled set (and the score it must reach) into the
+archive, under ``gate/``: ``deploy.sh`` gates the version on it before it takes traffic.
 
 ``--format`` exports the weights inside the packaging (TorchScript, ONNX or OpenVINO, all
 with dynamic batch and image shapes so the handler's rectangular letterbox and per-shape
@@ -20,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,9 @@ SERVING = ROOT / "serving"
 VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 FORMATS = ("pt", "torchscript", "onnx", "openvino")
+SERVED_TASKS = ("detect", "segment", "pose", "obb", "classify")
+GATE_DIR = "gate"  # where an archive carries its gate set
+HANDLER_MODULES = ("yolo_image.py", "yolo_request.py", "yolo_geometry.py", "yolo_tasks.py")  # beside yolo_handler.py
 # Chosen by measurement (scripts/bench.py --sweep, see REPORT.md): OpenVINO is the fastest CPU backend here.
 DEFAULT_FORMAT = "openvino"
 
@@ -40,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Package YOLO weights into a versioned TorchServe .mar archive.",
     )
     parser.add_argument(
-        "--weights", default="models/weights/best.pt", help="Ultralytics detection weights (default: %(default)s)"
+        "--weights", default="models/weights/best.pt", help="Ultralytics weights of any task (default: %(default)s)"
     )
     parser.add_argument("--version", default="1.0", help="model version, e.g. 1.0 or 2.1.3 (default: %(default)s)")
     parser.add_argument("--name", default="yolo", help="model name served by TorchServe (default: %(default)s)")
@@ -57,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--config", default="serving/model-config.yaml", help="model-config template (default: %(default)s)"
     )
+    parser.add_argument(
+        "--gate-data",
+        help="labelled gate set to carry in the archive: images/ + labels/ (YOLO labels) or one folder per class, "
+        "with gate.yaml naming the threshold (see README)",
+    )
+    parser.add_argument("--gate-threshold", type=float, help="score the gate set must reach (overrides gate.yaml)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive of the same version")
     return parser.parse_args(argv)
 
@@ -73,18 +88,38 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_weights(weights: Path, imgsz: int | None) -> tuple[int, dict[int, str]]:
-    """Load the weights and run one prediction; return the image size to serve at and the class names."""
-    from ultralytics import YOLO
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What packaging learns from the weights and records in the archive."""
+
+    task: str
+    imgsz: int
+    names: dict[int, str]
+    kpt_names: list[str] | None
+    architecture: str  # "rtdetr" or "yolo": how the handler prepares the input and reads the output
+
+
+def check_weights(weights: Path, imgsz: int | None) -> WeightsInfo:
+    """Load the weights and run one prediction; refuse what the handler cannot serve, saying why."""
+    from ultralytics import RTDETR, YOLO
 
     try:
         model = YOLO(str(weights))
+        if type(model.model).__name__.startswith("RTDETR"):
+            model = RTDETR(str(weights))  # its own predictor: a stretched input and no NMS
     except Exception as exc:  # any loader failure means "not usable weights"
         raise SystemExit(f"error: {weights} does not load as Ultralytics weights: {exc}") from exc
-    if model.task != "detect":
-        raise SystemExit(f"error: {weights} is a {model.task!r} model; only detection weights are served.")
+    if model.task not in SERVED_TASKS:
+        raise SystemExit(
+            f"error: {weights} is a {model.task!r} model; the handler serves {', '.join(SERVED_TASKS)} weights."
+        )
+    if type(model.model).__name__.startswith(("YOLOE", "World")):
+        raise SystemExit(
+            f"error: {weights} is an open-vocabulary {type(model.model).__name__}; set its classes and save it as a "
+            "plain model first (model.set_classes(...); model.save(...)), or export it, to serve it."
+        )
     trained = model.ckpt.get("train_args", {}).get("imgsz") if isinstance(getattr(model, "ckpt", None), dict) else None
-    size = int(imgsz or trained or 640)
+    size = int(imgsz or (trained if isinstance(trained, int) else None) or 640)
     if size % 32:
         raise SystemExit(f"error: image size must be a multiple of 32, got {size}")
     sample = next(iter(sorted((ROOT / "samples").glob("*.jpg"))), None)
@@ -93,15 +128,58 @@ def check_weights(weights: Path, imgsz: int | None) -> tuple[int, dict[int, str]
         model.predict(source, imgsz=size, device="cpu", verbose=False)
     except Exception as exc:
         raise SystemExit(f"error: {weights} loads but fails to predict: {exc}") from exc
-    return size, {int(k): str(v) for k, v in model.names.items()}
+    kpt_names = _keypoint_names(model) if model.task == "pose" else None
+    architecture = "rtdetr" if type(model.model).__name__.startswith("RTDETR") else "yolo"
+    return WeightsInfo(model.task, size, {int(k): str(v) for k, v in model.names.items()}, kpt_names, architecture)
 
 
-def render_config(template: Path, imgsz: int, model_format: str, dest: Path) -> None:
+def _keypoint_names(model) -> list[str] | None:
+    """The names of the keypoints when the weights carry them (``kpt_names`` of the training data)."""
+    names = getattr(model.model, "kpt_names", None)
+    if isinstance(names, dict):  # Ultralytics keeps them per class; one skeleton is served
+        names = next(iter(names.values()), None)
+    return [str(n) for n in names] if names else None
+
+
+def render_config(template: Path, info: WeightsInfo, model_format: str, dest: Path) -> None:
     config = yaml.safe_load(template.read_text())
     handler = config.setdefault("handler", {})
-    handler["imgsz"] = imgsz
+    handler["task"] = info.task
+    handler["architecture"] = info.architecture
+    handler["imgsz"] = info.imgsz
     handler["format"] = model_format
+    if info.kpt_names:
+        handler["kpt_names"] = info.kpt_names
     dest.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def stage_gate_set(source: Path, info: WeightsInfo, threshold: float | None, staging: Path) -> Path:
+    """Check the gate set against the model and copy it under ``gate/`` for the archive; return the folder to add."""
+    from scripts.gate_metrics import load_gate_set
+
+    try:
+        task, items = load_gate_set(source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"error: gate set {source} is unusable: {exc!r}") from exc
+    if task != info.task:
+        raise SystemExit(f"error: gate set {source} is for a {task} model; the weights are {info.task}")
+    if not items:
+        raise SystemExit(f"error: gate set {source} has no images")
+    labelled = {obj["class"] for item in items for obj in item.get("objects", [])} | {
+        item["class"] for item in items if "class" in item
+    }
+    unknown = sorted(labelled - set(info.names.values()))
+    if unknown:
+        raise SystemExit(f"error: gate set {source} labels classes {unknown} the weights do not know")
+    wrapper = staging / "gate-files"
+    shutil.copytree(source, wrapper / GATE_DIR)
+    spec = yaml.safe_load((wrapper / GATE_DIR / "gate.yaml").read_text())
+    if threshold is not None:
+        spec["threshold"] = threshold
+    if not 0 < float(spec["threshold"]) <= 1:
+        raise SystemExit(f"error: gate threshold must be in (0, 1], got {spec['threshold']}")
+    (wrapper / GATE_DIR / "gate.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return wrapper
 
 
 def export_model(weights: Path, model_format: str, imgsz: int, staging: Path) -> tuple[Path, list[Path]]:
@@ -166,17 +244,21 @@ def build(args: argparse.Namespace) -> Path:
             "a version is immutable, pick a new --version or pass --force"
         )
 
-    imgsz, names = check_weights(weights, args.imgsz)
-    print(f"weights ok: {weights.name}, classes {names}, imgsz {imgsz}", flush=True)
+    info = check_weights(weights, args.imgsz)
+    shown = ", ".join(f"{i}={n}" for i, n in list(info.names.items())[:8]) + (", ..." if len(info.names) > 8 else "")
+    print(f"weights ok: {weights.name}, task {info.task}, {len(info.names)} classes ({shown}), imgsz {info.imgsz}")
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         staging = Path(tmp)
         config = staging / "model-config.yaml"
-        render_config((ROOT / args.config).resolve(), imgsz, args.format, config)
+        render_config((ROOT / args.config).resolve(), info, args.format, config)
         source = staging / "model.pt"
         shutil.copyfile(weights, source)
-        serialized, extras = export_model(source, args.format, imgsz, staging)
+        serialized, extras = export_model(source, args.format, info.imgsz, staging)
         if args.format != "pt":
-            check_export(serialized, imgsz, names)
+            check_export(serialized, info.imgsz, info.names)
+        if args.gate_data:
+            extras.append(stage_gate_set(Path(args.gate_data).resolve(), info, args.gate_threshold, staging))
+            print(f"gate set ok: {args.gate_data}", flush=True)
         print(f"format ok: {args.format} ({serialized.name})", flush=True)
         subprocess.run(
             [
@@ -190,7 +272,7 @@ def build(args: argparse.Namespace) -> Path:
                 "--handler",
                 str(SERVING / "yolo_handler.py"),
                 "--extra-files",
-                ",".join([*(str(SERVING / m) for m in ("yolo_image.py", "yolo_request.py")), *map(str, extras)]),
+                ",".join([*(str(SERVING / m) for m in HANDLER_MODULES), *map(str, extras)]),
                 "--config-file",
                 str(config),
                 "--export-path",
@@ -213,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sha256:  {sha256sum(target)}")
     print(f"version: {args.version}")
     print(f"format:  {args.format}")
+    print(f"gate:    {args.gate_data or 'none (deploy needs --no-gate)'}")
     return 0
 
 

@@ -75,6 +75,8 @@ def section_packaging(store: Path) -> str:
             f"models/weights/v{version}/best.pt",
             "--version",
             version,
+            "--gate-data",
+            "samples",
             "--store",
             str(store),
         ]

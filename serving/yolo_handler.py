@@ -1,10 +1,12 @@
-"""TorchServe handler for Ultralytics YOLO detection weights shipped inside the .mar.
+"""TorchServe handler for Ultralytics YOLO weights of any task, shipped inside the .mar.
 
 One request carries the raw bytes of one image. A batch is decoded item by item, so a
 bad image fails only its own item (with a 4xx status and a JSON error body) while the
-others run through one batched forward pass. Per-request ``conf``, ``iou``, ``max_det``
-and ``classes`` come from ``X-Yolo-*`` headers; their defaults, the image size and the
-thread count come from the ``handler`` section of the archive's model-config YAML.
+others run through one batched forward pass. The archive's model-config YAML (``handler``
+section, written by ``package_mar.sh`` from the weights) names the task — detect, segment,
+pose, obb or classify — and ``yolo_tasks`` holds how each task's answer is built.
+Per-request parameters come from ``X-Yolo-*`` headers; their defaults, the image size and
+the thread count come from the same section.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from yolo_image import RequestError, batch_tensor, decode_image, detections_to_json, letterbox
-from yolo_request import HandlerConfig, Params, Prepared, error_body, parse_params, request_payload
+from yolo_image import RequestError, batch_tensor, decode_image
+from yolo_request import HandlerConfig, error_body, parse_params, request_payload
+from yolo_tasks import Prepared, task_unit
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -26,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class YoloHandler(BaseHandler):
-    """Batch-aware YOLO detection handler: bytes in, contract-shaped JSON out."""
+    """Batch-aware YOLO handler for every task: bytes in, contract-shaped JSON out."""
 
     def initialize(self, context):
         self.context = context
@@ -37,12 +40,18 @@ class YoloHandler(BaseHandler):
         self.model_info = {"name": context.model_name, "version": self.manifest["model"].get("modelVersion", "")}
         self.backend = load_backend(weights, self.config.threads, self.config.cpu_pinning)
         self.names = {int(k): str(v) for k, v in self.backend.names.items()}
-        self.end2end = bool(getattr(self.backend, "end2end", False))
+        self.task = task_unit(self.config)(
+            self.config,
+            self.names,
+            end2end=bool(getattr(self.backend, "end2end", False)),
+            kpt_shape=getattr(self.backend, "kpt_shape", None),
+        )
         self._forward(np.zeros((1, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
         logger.info(
-            "YoloHandler ready: %s v%s, weights=%s (%s), imgsz=%d, threads=%d, classes=%s",
+            "YoloHandler ready: %s v%s, task=%s, weights=%s (%s), imgsz=%d, threads=%d, classes=%s",
             self.model_info["name"],
             self.model_info["version"],
+            self.task.name,
             os.path.basename(weights),
             self.backend.format,
             self.config.imgsz,
@@ -57,9 +66,8 @@ class YoloHandler(BaseHandler):
             started = time.perf_counter()
             try:
                 params = parse_params(self.context.get_all_request_header(idx) or {}, self.config, self.names)
-                rgb = decode_image(request_payload(row), self.config.max_pixels)
-                canvas, box = letterbox(rgb, self.config.imgsz)
-                items.append(Prepared(canvas, box, params, (time.perf_counter() - started) * 1000))
+                prepared = self.task.prepare(decode_image(request_payload(row), self.config.max_pixels))
+                items.append(Prepared(prepared, params, (time.perf_counter() - started) * 1000))
             except RequestError as err:
                 items.append(err)
         return items
@@ -69,17 +77,16 @@ class YoloHandler(BaseHandler):
         groups: dict[tuple[int, ...], list[int]] = {}
         for idx, item in enumerate(items):
             if isinstance(item, Prepared):
-                groups.setdefault(item.canvas.shape, []).append(idx)
+                groups.setdefault(item.input.canvas.shape, []).append(idx)
         started = time.perf_counter()
-        predictions = {}
+        outputs = {}
         for indices in groups.values():
-            raw = self._forward(batch_tensor([items[i].canvas for i in indices]))
-            raw = raw[0] if isinstance(raw, (list, tuple)) else raw
-            predictions.update({idx: raw[row : row + 1] for row, idx in enumerate(indices)})
-        return items, predictions, (time.perf_counter() - started) * 1000
+            raw = self._forward(batch_tensor([items[i].input.canvas for i in indices]))
+            outputs.update(zip(indices, self.task.split(raw), strict=True))
+        return items, outputs, (time.perf_counter() - started) * 1000
 
     def postprocess(self, data):
-        items, predictions, inference_ms = data
+        items, outputs, inference_ms = data
         responses = []
         for idx, item in enumerate(items):
             if isinstance(item, RequestError):
@@ -94,13 +101,14 @@ class YoloHandler(BaseHandler):
                 responses.append(error_body(item))
                 continue
             started = time.perf_counter()
-            rows = self._nms(predictions[idx], item.params)
+            answer = self.task.answer(outputs[idx], item.input, item.params)
             responses.append(
                 {
                     "status": "success",
+                    "task": self.task.name,
                     "model": self.model_info,
-                    "image": {"width": item.box.width, "height": item.box.height},
-                    "detections": detections_to_json(rows, item.box, self.names),
+                    "image": {"width": item.input.width, "height": item.input.height},
+                    **answer,
                     "timing_ms": {
                         "preprocess": round(item.preprocess_ms, 2),
                         "inference": round(inference_ms, 2),
@@ -110,23 +118,19 @@ class YoloHandler(BaseHandler):
             )
         return responses
 
+    def describe_handle(self):
+        """What the management API's ``?customized=true`` shows: the task and classes this version serves."""
+        return {
+            "task": self.task.name,
+            "classes": self.names,
+            "kpt_names": list(self.config.kpt_names) if self.config.kpt_names else None,
+            "imgsz": self.config.imgsz,
+            "format": self.backend.format,
+        }
+
     def _forward(self, batch: np.ndarray):
         with torch.inference_mode():
             return self.backend(torch.from_numpy(batch))
-
-    def _nms(self, prediction, params: Params) -> np.ndarray:
-        from ultralytics.utils.nms import non_max_suppression
-
-        kept = non_max_suppression(
-            prediction,
-            conf_thres=params.conf,
-            iou_thres=params.iou,
-            classes=list(params.classes) if params.classes is not None else None,
-            max_det=params.max_det,
-            nc=len(self.names),
-            end2end=self.end2end,
-        )[0]
-        return kept[:, :6].cpu().numpy()
 
 
 def load_backend(weights: str, threads: int, cpu_pinning: bool = False):

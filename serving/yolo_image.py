@@ -39,6 +39,24 @@ class Letterbox:
     width: int
     height: int
 
+    @property
+    def content_width(self) -> int:
+        """Width of the resized image inside the padded model input."""
+        return max(round(self.width * self.ratio), 1)
+
+    @property
+    def content_height(self) -> int:
+        return max(round(self.height * self.ratio), 1)
+
+    @property
+    def gain_x(self) -> float:
+        """Horizontal scale actually applied: sides are rounded to whole pixels, as Ultralytics' letterbox does."""
+        return self.content_width / self.width
+
+    @property
+    def gain_y(self) -> float:
+        return self.content_height / self.height
+
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode raw bytes to an upright RGB uint8 array (H, W, 3).
@@ -121,7 +139,7 @@ def letterbox(rgb: np.ndarray, size: int, stride: int = 32) -> tuple[np.ndarray,
     """
     height, width = rgb.shape[:2]
     ratio = min(size / height, size / width)
-    new_w, new_h = round(width * ratio), round(height * ratio)
+    new_w, new_h = max(round(width * ratio), 1), max(round(height * ratio), 1)
     if (new_w, new_h) != (width, height):
         rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_x, pad_y = ((size - new_w) % stride) / 2, ((size - new_h) % stride) / 2
@@ -143,39 +161,3 @@ def batch_tensor(images: list[np.ndarray]) -> np.ndarray:
         batch[row] = image.transpose(2, 0, 1)
     batch /= 255.0
     return batch
-
-
-def unletterbox_boxes(boxes: np.ndarray, box: Letterbox) -> np.ndarray:
-    """Map xyxy boxes from model-input pixels back to original-image pixels, clipped."""
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    out[:, [0, 2]] = (out[:, [0, 2]] - box.pad_x) / box.ratio
-    out[:, [1, 3]] = (out[:, [1, 3]] - box.pad_y) / box.ratio
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, box.width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, box.height)
-    return out
-
-
-def detections_to_json(rows: np.ndarray, box: Letterbox, names: dict[int, str]) -> list[dict]:
-    """Turn NMS rows (x1, y1, x2, y2, conf, cls) into the API's detections, best first.
-
-    Boxes that collapse to zero width or height after clipping are dropped, so every
-    returned box satisfies 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
-    """
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
-    boxes = unletterbox_boxes(rows[:, :4], box)
-    detections = []
-    for (x1, y1, x2, y2), conf, cls in zip(boxes, rows[:, 4], rows[:, 5], strict=True):
-        x1, y1, x2, y2 = (round(float(v), 2) for v in (x1, y1, x2, y2))
-        if x2 <= x1 or y2 <= y1:
-            continue
-        class_id = int(cls)
-        detections.append(
-            {
-                "class": names.get(class_id, str(class_id)),
-                "class_id": class_id,
-                "confidence": round(float(conf), 4),
-                "bbox": [x1, y1, x2, y2],
-            }
-        )
-    detections.sort(key=lambda d: d["confidence"], reverse=True)
-    return detections

@@ -10,18 +10,29 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-import numpy as np
-
-from yolo_image import Letterbox, RequestError
+from yolo_image import RequestError
 
 HEADER_PREFIX = "x-yolo-"
 MAX_DET_LIMIT = 1000
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+BOX_PARAMETERS = ("conf", "iou", "max_det", "classes")
+# Which request parameters each task takes; any other one is refused with 422, never ignored.
+TASK_PARAMETERS = {
+    "detect": BOX_PARAMETERS,
+    "segment": (*BOX_PARAMETERS, "masks"),
+    "pose": BOX_PARAMETERS,
+    "obb": BOX_PARAMETERS,
+    "classify": ("top_k",),
+}
+MASK_FORMATS = ("polygon", "rle")
 
 
 @dataclass(frozen=True)
 class HandlerConfig:
     """Serving defaults read from the archive's model-config YAML (``handler:`` section)."""
 
+    task: str = "detect"
+    architecture: str = "yolo"  # "rtdetr" for RT-DETR weights: stretched input, no NMS
     imgsz: int = 640
     conf: float = 0.25
     iou: float = 0.7
@@ -29,12 +40,18 @@ class HandlerConfig:
     threads: int = 1
     cpu_pinning: bool = False
     max_pixels: int = 40_000_000
+    top_k: int = 5
+    kpt_names: tuple[str, ...] | None = None
 
     @classmethod
     def from_yaml(cls, section: dict | None) -> HandlerConfig:
         section = section or {}
         known = {name: section[name] for name in cls.__dataclass_fields__ if name in section}
+        if known.get("kpt_names") is not None:
+            known["kpt_names"] = tuple(str(n) for n in known["kpt_names"])
         config = cls(**known)
+        if config.task not in TASKS:
+            raise ValueError(f"handler.task must be one of {', '.join(TASKS)}, got {config.task!r}")
         if config.imgsz % 32:
             raise ValueError(f"handler.imgsz must be a multiple of 32, got {config.imgsz}")
         return config
@@ -48,26 +65,45 @@ class Params:
     iou: float
     max_det: int
     classes: tuple[int, ...] | None
-
-
-@dataclass
-class Prepared:
-    """A decoded, letterboxed request waiting for the batched forward pass."""
-
-    canvas: np.ndarray
-    box: Letterbox
-    params: Params
-    preprocess_ms: float
+    masks: str = "polygon"
+    top_k: int = 5
 
 
 def parse_params(headers: dict[str, str], config: HandlerConfig, names: dict[int, str]) -> Params:
-    """Read ``X-Yolo-Conf/Iou/Max-Det/Classes`` headers (any case); missing ones use the defaults."""
-    values = {k.lower()[len(HEADER_PREFIX) :]: v for k, v in headers.items() if k.lower().startswith(HEADER_PREFIX)}
-    conf = _unit_float(values.get("conf"), config.conf, "conf")
-    iou = _unit_float(values.get("iou"), config.iou, "iou")
-    max_det = _max_det(values.get("max-det"), config.max_det)
-    classes = parse_classes(values.get("classes"), names)
-    return Params(conf=conf, iou=iou, max_det=max_det, classes=classes)
+    """Read ``X-Yolo-*`` headers (any case); missing ones use the archive's defaults.
+
+    A parameter the model's task has no use for (``top_k`` on a detector, ``conf`` on a
+    classifier) is a 422 that names the task: silently ignoring it would hide a client bug.
+    """
+    values = {
+        k.lower()[len(HEADER_PREFIX) :].replace("-", "_"): v
+        for k, v in headers.items()
+        if k.lower().startswith(HEADER_PREFIX)
+    }
+    allowed = TASK_PARAMETERS[config.task]
+    for name in sorted(values):
+        if name not in allowed:
+            raise RequestError(
+                422,
+                "parameter_not_applicable",
+                f"{name} does not apply to this {config.task} model; it takes: {', '.join(allowed)}.",
+            )
+    return Params(
+        conf=_unit_float(values.get("conf"), config.conf, "conf"),
+        iou=_unit_float(values.get("iou"), config.iou, "iou"),
+        max_det=_bounded_int(values.get("max_det"), config.max_det, "max_det", MAX_DET_LIMIT),
+        classes=parse_classes(values.get("classes"), names),
+        masks=_choice(values.get("masks"), "polygon", "masks", MASK_FORMATS),
+        top_k=_bounded_int(values.get("top_k"), config.top_k, "top_k", max(len(names), 1)),
+    )
+
+
+def _choice(raw: str | None, default: str, name: str, choices: tuple[str, ...]) -> str:
+    if raw is None or raw == "":
+        return default
+    if raw.strip().lower() not in choices:
+        raise RequestError(400, "invalid_parameter", f"{name} must be one of {', '.join(choices)}, got {raw!r}.")
+    return raw.strip().lower()
 
 
 def _unit_float(raw: str | None, default: float, name: str) -> float:
@@ -82,13 +118,11 @@ def _unit_float(raw: str | None, default: float, name: str) -> float:
     return value
 
 
-def _max_det(raw: str | None, default: int) -> int:
+def _bounded_int(raw: str | None, default: int, name: str, limit: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_DET_LIMIT:
-        raise RequestError(
-            400, "invalid_parameter", f"max_det must be an integer from 1 to {MAX_DET_LIMIT}, got {raw!r}."
-        )
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= limit:
+        raise RequestError(400, "invalid_parameter", f"{name} must be an integer from 1 to {limit}, got {raw!r}.")
     return int(raw)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +19,38 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServe sees them inside the .mar
 
 import httpx  # noqa: E402
+import yaml  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+from ts.context import Context, RequestProcessor  # noqa: E402
 
-from scripts.deploy import iou  # noqa: E402
+from scripts.gate_metrics import box_iou as iou  # noqa: E402
 from scripts.stack import Stack, free_port, running, start_gateway, stop_service, wait_until  # noqa: E402
+from yolo_handler import YoloHandler  # noqa: E402
 
 SAMPLES = ROOT / "samples"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WEIGHTS = {
     "1.0": ROOT / "models" / "weights" / "v1.0" / "best.pt",
     "2.0": ROOT / "models" / "weights" / "v2.0" / "best.pt",
 }
 
 
-def package(store: Path, version: str, weights: Path | None = None, *extra: str) -> subprocess.CompletedProcess:
-    """Run the operator's packaging command exactly as documented."""
+def package(
+    store: Path, version: str, weights: Path | None = None, *extra: str, gate_data: Path | None = SAMPLES
+) -> subprocess.CompletedProcess:
+    """Run the operator's packaging command exactly as documented (our samples are our model's gate set)."""
     cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights or WEIGHTS[version]), "--version", version]
-    return subprocess.run([*cmd, "--store", str(store), *extra], cwd=ROOT, capture_output=True, text=True)
+    gate = ["--gate-data", str(gate_data)] if gate_data else []
+    return subprocess.run([*cmd, "--store", str(store), *gate, *extra], cwd=ROOT, capture_output=True, text=True)
 
 
 @dataclass
@@ -142,3 +160,47 @@ def extra_gateway(stack, tmp_path):
     yield start
     for instance in started:
         stop_service(instance, "gateway")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser profile per test (empty local storage); uncaught script errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    script_errors: list[str] = []
+    tab.on("pageerror", lambda error: script_errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not script_errors, script_errors
+
+
+def handler_for(archive: Path, tmp_path: Path):
+    """The handler of an archive, initialised from its unpacked files the way a TorchServe worker does it."""
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(tmp_path)
+    manifest = json.loads((tmp_path / "MAR-INF" / "MANIFEST.json").read_text())
+    config = yaml.safe_load((tmp_path / "model-config.yaml").read_text())
+    context = Context(
+        manifest["model"]["modelName"], str(tmp_path), manifest, 1, None, "0.12.0", model_yaml_config=config
+    )
+    handler = YoloHandler()
+    handler.initialize(context)
+    return handler
+
+
+def handler_answers(handler, images: list[Path], headers: dict[str, str] | None = None) -> list[dict]:
+    """One batch of image files through the handler's preprocess, inference and postprocess."""
+    handler.context.request_processor = [RequestProcessor(headers or {}) for _ in images]
+    handler.context.request_ids = {i: f"req-{i}" for i in range(len(images))}
+    rows = [{"body": path.read_bytes()} for path in images]
+    return handler.postprocess(handler.inference(handler.preprocess(rows)))

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
-
 import pytest
-import yaml
-from ts.context import Context, RequestProcessor
+from ts.context import RequestProcessor
 
-from tests.conftest import assert_finds_ground_truth
-from yolo_handler import YoloHandler
+from tests.conftest import assert_finds_ground_truth, handler_for
 
 
 @pytest.fixture(scope="module")
 def handler(model_store, tmp_path_factory):
     """The handler initialised from the unpacked archive, the way a TorchServe worker does it."""
-    model_dir = tmp_path_factory.mktemp("model-dir")
-    with zipfile.ZipFile(model_store / "yolo_v1.0.mar") as mar:
-        mar.extractall(model_dir)
-    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    context = Context("yolo", str(model_dir), manifest, 4, None, "0.12.0", model_yaml_config=config)
-    instance = YoloHandler()
-    instance.initialize(context)
-    return instance
+    return handler_for(model_store / "yolo_v1.0.mar", tmp_path_factory.mktemp("model-dir"))
 
 
 def run_batch(handler, payloads: list[bytes], headers: list[dict] | None = None) -> tuple[list[dict], list[int]]:

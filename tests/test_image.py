@@ -14,9 +14,7 @@ from yolo_image import (
     RequestError,
     batch_tensor,
     decode_image,
-    detections_to_json,
     letterbox,
-    unletterbox_boxes,
 )
 
 MAX_PIXELS = 40_000_000
@@ -129,26 +127,3 @@ def test_batch_tensor_is_nchw_scaled_to_unit_range():
     assert batch.shape == (2, 3, 64, 96) and batch.dtype == np.float32 and batch.flags.c_contiguous
     for row, image in enumerate(images):
         np.testing.assert_array_equal(batch[row], image.transpose(2, 0, 1).astype(np.float32) / 255.0)
-
-
-def test_boxes_map_back_to_original_pixels():
-    canvas, box = letterbox(np.zeros((720, 1280, 3), dtype=np.uint8), 640)
-    original = np.array([[100.0, 50.0, 400.0, 700.0]])
-    in_model = original * box.ratio + [box.pad_x, box.pad_y, box.pad_x, box.pad_y]
-    np.testing.assert_allclose(unletterbox_boxes(in_model, box), original, atol=1e-6)
-
-
-def test_detections_are_clipped_sorted_and_degenerate_boxes_dropped():
-    _, box = letterbox(np.zeros((100, 200, 3), dtype=np.uint8), 64)
-    rows = np.array(
-        [
-            [66, 0, 80, 10, 0.5, 1],  # entirely right of the image: collapses and is dropped
-            [-5, 20, 70, 40, 0.9, 0],  # sticks out left and right: clipped
-            [10, 20, 30, 40, 0.7, 2],
-        ]
-    )
-    detections = detections_to_json(rows, box, {0: "scratch", 1: "dent", 2: "stain"})
-    assert [d["class"] for d in detections] == ["scratch", "stain"]
-    for d in detections:
-        x1, y1, x2, y2 = d["bbox"]
-        assert 0 <= x1 < x2 <= 200 and 0 <= y1 < y2 <= 100

@@ -33,8 +33,12 @@ def test_builds_a_versioned_archive_and_reports_it(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {manifest["model"]["serializedFile"], "yolo_handler.py", "yolo_image.py", "yolo_request.py"} <= names
+    handler_files = {"yolo_handler.py", "yolo_image.py", "yolo_request.py", "yolo_geometry.py", "yolo_tasks.py"}
+    assert {manifest["model"]["serializedFile"], *handler_files} <= names
     assert "model-config.yaml" in names and config["handler"]["format"] == "openvino"
+    assert config["handler"]["task"] == "detect" and config["handler"]["architecture"] == "yolo"
+    assert {"gate/gate.yaml", "gate/data.yaml", "gate/labels/mixed_01.txt", "gate/mixed_01.jpg"} <= names
+    assert re.search(r"^gate:\s+\S*samples$", result.stdout, re.M)
     assert manifest["model"]["modelName"] == "yolo" and manifest["model"]["modelVersion"] == "1.0"
     assert config["handler"]["imgsz"] % 32 == 0 and config["batchSize"] >= 1
 
@@ -64,3 +68,12 @@ def test_broken_weights_are_refused_before_packaging(tmp_path):
 def test_bad_version_and_missing_weights_are_refused(tmp_path):
     assert "version must look like" in package(tmp_path, "v1", WEIGHTS["1.0"]).stderr
     assert "not found" in package(tmp_path, "1.1", tmp_path / "nope.pt").stderr
+
+
+def test_a_gate_set_must_fit_the_weights(tmp_path):
+    other_task = package(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "segment")
+    assert other_task.returncode != 0 and "is for a segment model; the weights are detect" in other_task.stderr
+    other_classes = package(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "detect")
+    assert other_classes.returncode != 0 and "labels classes" in other_classes.stderr
+    assert "bolt" in other_classes.stderr
+    assert not list(tmp_path.glob("*.mar"))

@@ -79,11 +79,14 @@ def unloadable_archive(source, dest, version: str) -> None:
 
 @pytest.fixture(scope="module")
 def rstack(tmp_path_factory):
-    """A stack of its own serving 1.0; its store also holds 2.0, an unloadable 7.0, a blind 8.0, a random 9.0."""
+    """A stack of its own serving 1.0; its store also holds 2.0, an ungated 6.0, an unloadable 7.0, a blind 8.0
+    and a random 9.0."""
     store = tmp_path_factory.mktemp("redeploy-store")
     for version, weights in (("1.0", None), ("2.0", None), ("8.0", blind_weights(store.parent / "blind.pt"))):
         result = package(store, version, weights)
         assert result.returncode == 0, result.stdout + result.stderr
+    ungated = package(store, "6.0", WEIGHTS["2.0"], gate_data=None)
+    assert ungated.returncode == 0 and "gate:    none" in ungated.stdout, ungated.stdout + ungated.stderr
     unloadable_archive(store / "yolo_v1.0.mar", store / "yolo_v7.0.mar", "7.0")
     (store / "yolo_v9.0.mar").write_bytes(os.urandom(200_000))
     with running(TestStack.private(tmp_path_factory.mktemp("redeploy-run"), store), "1.0") as instance:
@@ -175,7 +178,7 @@ def test_broken_archives_are_refused_while_the_old_version_serves(rstack):
     assert "refused 9.0; 1.0 keeps serving" in corrupted.stderr and "not a TorchServe archive" in corrupted.stderr
     assert blind.returncode == 1
     assert "refused 8.0; 1.0 keeps serving" in blind.stderr and "failed the quality gate" in blind.stderr
-    assert re.search(r"scratch at \[.*\] not found", blind.stderr)
+    assert re.search(r"recall 0\.000 on 6 gate images < 1\.0", blind.stderr), blind.stderr
     assert load.statuses() == {200: len(load.answers)}, load.statuses()
     assert load.versions() == {"1.0"}
     assert serving(rstack) == ("1.0", ["1.0", "2.0"]), "the refused candidate is unloaded again"
@@ -259,3 +262,20 @@ def test_rollback_aborts_a_canary(rstack):
     assert serving(rstack) == ("1.0", ["1.0"])
     assert set(predict_many(rstack, 16)) == {"1.0"}
     assert [e["action"] for e in read_history(rstack)][-2:] == ["canary", "rollback"]
+
+
+@integration
+def test_an_archive_without_a_gate_set_deploys_only_when_told_and_is_recorded_ungated(rstack):
+    refused = script(rstack, "deploy", "6.0")
+    assert refused.returncode == 1
+    assert "carries no gate set" in refused.stderr and "--no-gate" in refused.stderr
+    assert serving(rstack) == ("1.0", ["1.0"])
+    forced = script(rstack, "deploy", "6.0", "--no-gate")
+    assert forced.returncode == 0, forced.stderr
+    assert "smoke check passed; NOT gated (--no-gate)" in forced.stdout
+    last = read_history(rstack)[-1]
+    assert (last["action"], last["version"], last["gated"]) == ("deploy", "6.0", False)
+    gated = [e for e in read_history(rstack) if e["action"] == "deploy" and e["version"] == "2.0"]
+    assert gated and all(e["gated"] and e["gate"]["metric"] == "recall" for e in gated)
+    assert script(rstack, "rollback").returncode == 0
+    assert serving(rstack)[0] == "1.0"

@@ -63,3 +63,32 @@ def test_payload_from_raw_body_or_form_field():
     with pytest.raises(RequestError):
         request_payload({"body": "not base64 at all!"})
     assert err.value.status == 415
+
+
+@pytest.mark.parametrize(
+    ("task", "header", "value"),
+    [("detect", "X-Yolo-Top-K", "3"), ("classify", "X-Yolo-Conf", "0.5"), ("pose", "X-Yolo-Masks", "rle")],
+)
+def test_a_parameter_the_task_does_not_take_is_a_422_naming_it(task, header, value):
+    config = HandlerConfig(task=task, imgsz=320)
+    with pytest.raises(RequestError) as refused:
+        parse_params({header: value}, config, {0: "a", 1: "b"})
+    assert refused.value.status == 422 and refused.value.code == "parameter_not_applicable"
+    assert task in refused.value.message and header[len("X-Yolo-") :].lower().replace("-", "_") in refused.value.message
+
+
+def test_task_parameters_are_read_and_checked():
+    segment = parse_params({"x-yolo-masks": "RLE"}, HandlerConfig(task="segment", imgsz=320), {0: "a"})
+    assert segment.masks == "rle"
+    classify = parse_params({"X-Yolo-Top-K": "2"}, HandlerConfig(task="classify", imgsz=224), {0: "a", 1: "b", 2: "c"})
+    assert classify.top_k == 2
+    for bad in ({"X-Yolo-Top-K": "9"}, {"X-Yolo-Top-K": "0"}):
+        with pytest.raises(RequestError, match="top_k"):
+            parse_params(bad, HandlerConfig(task="classify", imgsz=224), {0: "a", 1: "b", 2: "c"})
+    with pytest.raises(RequestError, match="masks must be one of"):
+        parse_params({"X-Yolo-Masks": "bitmap"}, HandlerConfig(task="segment", imgsz=320), {0: "a"})
+
+
+def test_an_unknown_task_in_the_archive_config_is_refused():
+    with pytest.raises(ValueError, match="handler.task"):
+        HandlerConfig.from_yaml({"task": "depth", "imgsz": 320})

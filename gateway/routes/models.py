@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
 from gateway.deps import get_settings, get_upstream
@@ -13,14 +15,17 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorResponse}})
 async def models(request: Request) -> dict:
-    """Read-only: the management key stays on the server side."""
+    """Read-only: the management key stays on the server side. Each version's handler reports its task."""
     upstream = get_upstream(request)
     default = await upstream.describe()
     every = await upstream.describe(all_versions=True)
     default_version = default[0].get("modelVersion") if default else None
+    metadata = await asyncio.gather(*(upstream.handler_metadata(entry.get("modelVersion")) for entry in every))
+    by_version = {entry.get("modelVersion"): meta for entry, meta in zip(every, metadata, strict=True)}
     versions = [
         {
             "version": entry.get("modelVersion"),
+            "task": by_version[entry.get("modelVersion")].get("task"),
             "is_default": entry.get("modelVersion") == default_version,
             "workers_ready": ready_count([entry]),
             "workers_total": len(entry.get("workers", [])),
@@ -30,4 +35,11 @@ async def models(request: Request) -> dict:
         for entry in every
     ]
     versions.sort(key=lambda v: [int(p) for p in v["version"].split(".")])
-    return {"model": get_settings(request).model_name, "default_version": default_version, "versions": versions}
+    served = by_version.get(default_version, {})
+    return {
+        "model": get_settings(request).model_name,
+        "default_version": default_version,
+        "task": served.get("task"),
+        "classes": served.get("classes"),
+        "versions": versions,
+    }

@@ -28,7 +28,7 @@ ERRORS = {
         404: "the pinned model version is not loaded",
         413: "upload or image too large",
         415: "not a decodable image",
-        422: "bad query parameter",
+        422: "bad query parameter, or one the model's task does not take (e.g. top_k on a detector)",
         503: "TorchServe down, no ready worker or queue full (with Retry-After)",
         504: "TorchServe did not answer in time",
     }.items()
@@ -62,10 +62,22 @@ class InferenceParams(BaseModel):
     classes: str | None = Field(
         None, pattern=CLASSES_PATTERN, description="class names or ids to keep, comma-separated"
     )
+    masks: Literal["polygon", "rle"] | None = Field(
+        None, description="segment: polygon outlines (default), or also each full-resolution mask as COCO RLE"
+    )
+    top_k: int | None = Field(None, ge=1, le=1000, description="classify: how many classes to return (default 5)")
     version: str | None = Field(None, pattern=VERSION_PATTERN, description="pin a model version, e.g. 1.0")
 
     def upstream_headers(self) -> dict[str, str]:
-        values = {"Conf": self.conf, "Iou": self.iou, "Max-Det": self.max_det, "Classes": self.classes}
+        """Only what the client set: the handler refuses a parameter its model's task has no use for (422)."""
+        values = {
+            "Conf": self.conf,
+            "Iou": self.iou,
+            "Max-Det": self.max_det,
+            "Classes": self.classes,
+            "Masks": self.masks,
+            "Top-K": self.top_k,
+        }
         return {name: str(value) for name, value in values.items() if value is not None}
 
 
@@ -97,9 +109,9 @@ async def predict_one(request: Request, data: bytes, params: InferenceParams) ->
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "detections (or an annotated JPEG)"}},
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "the prediction (or an annotated JPEG)"}},
     openapi_extra=multipart_body("file", many=False),
-    summary="Detect defects in one image",
+    summary="Predict on one image (any task the model has)",
 )
 async def predict(request: Request, params: Annotated[PredictParams, Query()]) -> Response:
     settings = get_settings(request)
@@ -109,7 +121,7 @@ async def predict(request: Request, params: Annotated[PredictParams, Query()]) -
         return JSONResponse(body, status_code=status, headers=_retry_after(status, settings.retry_after_s))
     headers = {"X-Model-Version": body["model"]["version"]}
     if params.format == "image":
-        return Response(annotate(upload.data, body["detections"]), media_type="image/jpeg", headers=headers)
+        return Response(annotate(upload.data, body), media_type="image/jpeg", headers=headers)
     return JSONResponse(body, headers=headers)
 
 
@@ -118,7 +130,7 @@ async def predict(request: Request, params: Annotated[PredictParams, Query()]) -
     response_model=BatchResponse,
     responses=ERRORS,
     openapi_extra=multipart_body("files", many=True),
-    summary="Detect defects in several images, sent to TorchServe concurrently",
+    summary="Predict on several images, sent to TorchServe concurrently",
 )
 async def predict_batch(request: Request, params: Annotated[InferenceParams, Query()]) -> JSONResponse:
     settings = get_settings(request)

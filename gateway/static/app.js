@@ -1,8 +1,14 @@
-// Try-the-model page: upload an image, POST it to /predict, draw the returned boxes.
+// Try-the-model page: upload an image, POST it to /predict, draw what the model's task returns:
+// boxes, mask outlines (segment), keypoints and skeleton (pose), rotated boxes (obb), a top-k list (classify).
 // Plain browser JavaScript on purpose: no build step, no CDN, works on an offline machine.
 "use strict";
 
 const KEY_STORAGE = "yolo-gateway-api-key";
+// Ultralytics' skeleton for the 17 COCO keypoints (1-based pairs); other keypoint sets are drawn as named dots.
+const COCO_SKELETON = [
+  [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+  [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
+];
 const COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0e9aa7", "#f032e6", "#9a6324"];
 const TITLES = {
   400: "Bad request",
@@ -35,7 +41,7 @@ const ui = {
   compare: $("compare"),
 };
 
-const state = { file: null, photoUrl: null, body: null, controller: null, runs: [] };
+const state = { file: null, photoUrl: null, body: null, controller: null, runs: [], task: null };
 
 function setStatus(value) {
   document.body.dataset.state = value;
@@ -82,6 +88,9 @@ async function loadModels() {
     return;
   }
   const body = await response.json();
+  state.task = body.task;
+  // A classifier takes no confidence or IoU threshold (the gateway would refuse them with 422).
+  for (const field of document.querySelectorAll(".box-only")) field.hidden = body.task === "classify";
   const pinned = ui.version.value;
   const options = [new Option(`Not pinned (default v${body.default_version ?? "?"})`, "")];
   for (const v of body.versions) {
@@ -92,7 +101,7 @@ async function loadModels() {
   const described = body.versions.map(
     (v) => `v${v.version}${v.is_default ? " (default)" : ""}: ${v.workers_ready} worker${v.workers_ready === 1 ? "" : "s"} ready`,
   );
-  ui.modelsStatus.textContent = `Model ${body.model} · ${described.join(" · ")}`;
+  ui.modelsStatus.textContent = `Model ${body.model} (${body.task ?? "task unknown"}) · ${described.join(" · ")}`;
   ui.modelsStatus.className = "muted";
 }
 
@@ -112,12 +121,12 @@ async function predict() {
   state.controller?.abort();
   const controller = new AbortController();
   state.controller = controller;
-  const params = new URLSearchParams({ conf: ui.conf.value, iou: ui.iou.value });
+  const params = new URLSearchParams(state.task === "classify" ? {} : { conf: ui.conf.value, iou: ui.iou.value });
   if (ui.version.value) params.set("version", ui.version.value);
   const form = new FormData();
   form.append("file", state.file, state.file.name);
   setStatus("busy");
-  ui.summary.textContent = `Detecting defects in ${state.file.name}…`;
+  ui.summary.textContent = `Running the model on ${state.file.name}…`;
   const started = performance.now();
   let response;
   try {
@@ -140,19 +149,22 @@ async function predict() {
   }
   const body = await response.json().catch(() => null);
   if (controller.signal.aborted) return;
-  if (!body?.detections) {
-    fail("Unexpected answer:", "the gateway did not send detections (is something else answering on this address?)");
+  if (!body?.detections && !body?.classifications) {
+    fail("Unexpected answer:", "the gateway sent no prediction (is something else answering on this address?)");
     return;
   }
   const roundTrip = performance.now() - started;
-  show(body, roundTrip, { conf: ui.conf.value, iou: ui.iou.value });
+  const sent = state.task === "classify" ? { conf: null, iou: null } : { conf: ui.conf.value, iou: ui.iou.value };
+  show(body, roundTrip, sent);
 }
 
 // Forget the previous picture's boxes so they are never shown over another image.
 function clearResult() {
   state.body = null;
   ui.overlay.getContext("2d").clearRect(0, 0, ui.overlay.width, ui.overlay.height);
-  ui.overlay.dataset.boxCount = "0";
+  for (const key of ["boxCount", "polygonCount", "keypointCount", "rotatedCount", "classCount"]) {
+    ui.overlay.dataset[key] = "0";
+  }
   ui.table.tBodies[0].replaceChildren();
   ui.table.hidden = true;
   fillCompare();
@@ -171,14 +183,17 @@ function show(body, roundTrip, params) {
   state.body = body;
   const version = body.model.version;
   const serverMs = body.timing_ms?.total;
-  const count = body.detections.length;
+  const items = body.detections ?? body.classifications;
+  const count = items.length;
+  const noun = body.classifications ? "class" : "detection";
+  const plural = count === 1 ? noun : `${noun}${noun === "class" ? "es" : "s"}`;
   ui.summary.replaceChildren(
-    `${state.file.name} (${body.image.width} × ${body.image.height}): ${count} detection${count === 1 ? "" : "s"} · answered by ${body.model.name} `,
+    `${state.file.name} (${body.image.width} × ${body.image.height}): ${count} ${plural} · ${body.task} · answered by ${body.model.name} `,
     Object.assign(document.createElement("strong"), { id: "answered-version", textContent: `v${version}` }),
     ` · server ${serverMs?.toFixed(0) ?? "?"} ms · round trip ${roundTrip.toFixed(0)} ms`,
   );
   ui.stage.hidden = false;
-  fillTable(body.detections);
+  fillTable(items);
   state.runs.unshift({ version, ...params, count, serverMs, roundTrip });
   state.runs.length = Math.min(state.runs.length, 10);
   fillCompare();
@@ -197,13 +212,13 @@ function fillTable(detections) {
     swatch.style.background = colorOf(d.class_id);
     const name = cell(d.class);
     name.prepend(swatch);
-    const [x1, y1, x2, y2] = d.bbox;
+    const [x1, y1, x2, y2] = d.bbox ?? [];
     row.append(
       cell(String(i + 1)),
       name,
       cell(d.confidence.toFixed(3)),
-      cell(d.bbox.map((v) => Math.round(v)).join(", ")),
-      cell(`${Math.round(x2 - x1)} × ${Math.round(y2 - y1)}`),
+      cell(d.bbox ? d.bbox.map((v) => Math.round(v)).join(", ") : "—"),
+      cell(d.bbox ? `${Math.round(x2 - x1)} × ${Math.round(y2 - y1)}` : "—"),
     );
     return row;
   });
@@ -216,8 +231,8 @@ function fillCompare() {
     const row = document.createElement("tr");
     row.append(
       cell(`v${r.version}`),
-      cell(Number(r.conf).toFixed(2)),
-      cell(Number(r.iou).toFixed(2)),
+      cell(r.conf === null ? "—" : Number(r.conf).toFixed(2)),
+      cell(r.iou === null ? "—" : Number(r.iou).toFixed(2)),
       cell(String(r.count)),
       cell(r.serverMs?.toFixed(0) ?? "?"),
       cell(r.roundTrip.toFixed(0)),
@@ -232,7 +247,7 @@ function colorOf(classId) {
   return COLORS[((classId % COLORS.length) + COLORS.length) % COLORS.length];
 }
 
-// The canvas uses the image's own pixel grid (bbox coordinates as returned) and CSS stretches it over the
+// The canvas uses the image's own pixel grid (coordinates as returned) and CSS stretches it over the
 // displayed picture; line width and font are scaled so labels stay legible however large the photo is.
 function draw() {
   const body = state.body;
@@ -247,25 +262,89 @@ function draw() {
   ctx.lineWidth = Math.max(1, 2 * scale);
   ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
-  let drawn = 0;
-  for (const d of body.detections) {
-    const [x1, y1, x2, y2] = d.bbox;
-    const color = colorOf(d.class_id);
-    ctx.strokeStyle = color;
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    const label = `${d.class} ${(d.confidence * 100).toFixed(0)}%`;
+  const counts = { boxCount: 0, polygonCount: 0, keypointCount: 0, rotatedCount: 0, classCount: 0 };
+  // A box's label sits above its anchor when there is room; a list's (below = true) starts at it.
+  const label = (text, x, y, color, below = false) => {
     const pad = Math.round(3 * scale);
-    const width = ctx.measureText(label).width + 2 * pad;
+    const width = ctx.measureText(text).width + 2 * pad;
     const height = fontPx + 2 * pad;
-    const top = y1 - height >= 0 ? y1 - height : y1;
-    const left = Math.min(x1, canvas.width - width);
+    const top = !below && y - height >= 0 ? y - height : y;
+    const left = Math.max(0, Math.min(x, canvas.width - width));
     ctx.fillStyle = color;
     ctx.fillRect(left, top, width, height);
     ctx.fillStyle = "#fff";
-    ctx.fillText(label, left + pad, top + pad);
-    drawn += 1;
+    ctx.fillText(text, left + pad, top + pad);
+    return height;
+  };
+  for (const d of body.detections ?? []) {
+    const color = colorOf(d.class_id);
+    ctx.strokeStyle = color;
+    let anchor = d.bbox;
+    for (const polygon of d.polygons ?? []) {
+      outline(ctx, polygon, color, 0.25);
+      counts.polygonCount += 1;
+    }
+    if (d.corners) {
+      outline(ctx, d.corners, color, 0);
+      anchor = d.corners.reduce((a, p) => (p[1] < a[1] ? p : a));
+      counts.rotatedCount += 1;
+    } else {
+      const [x1, y1, x2, y2] = d.bbox;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    }
+    if (d.keypoints) counts.keypointCount += drawKeypoints(ctx, d.keypoints, color, scale);
+    label(`${d.class} ${(d.confidence * 100).toFixed(0)}%`, anchor[0], anchor[1], color);
+    counts.boxCount += 1;
   }
-  canvas.dataset.boxCount = String(drawn);
+  let y = 0;
+  for (const c of body.classifications ?? []) {
+    y += label(`${c.class} ${(c.confidence * 100).toFixed(1)}%`, 0, y, colorOf(c.class_id), true) + 2;
+    counts.classCount += 1;
+  }
+  Object.assign(canvas.dataset, Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, String(v)])));
+}
+
+function outline(ctx, points, color, fillAlpha) {
+  if (points.length < 2) return;
+  ctx.beginPath();
+  ctx.moveTo(points[0][0], points[0][1]);
+  for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
+  ctx.closePath();
+  if (fillAlpha > 0) {
+    ctx.globalAlpha = fillAlpha;
+    ctx.fillStyle = color;
+    ctx.fill();
+    ctx.globalAlpha = 1;
+  }
+  ctx.stroke();
+}
+
+// Visible keypoints as named dots, joined by the COCO skeleton when there are 17; returns how many were drawn.
+function drawKeypoints(ctx, keypoints, color, scale) {
+  const shown = (k) => k.confidence === null || k.confidence >= 0.5;
+  const visible = keypoints.filter(shown);
+  if (keypoints.length === 17) {
+    ctx.beginPath();
+    for (const [a, b] of COCO_SKELETON) {
+      const [p, q] = [keypoints[a - 1], keypoints[b - 1]];
+      if (shown(p) && shown(q)) {
+        ctx.moveTo(p.x, p.y);
+        ctx.lineTo(q.x, q.y);
+      }
+    }
+    ctx.stroke();
+  }
+  const radius = Math.max(2, 3 * scale);
+  for (const k of visible) {
+    ctx.beginPath();
+    ctx.arc(k.x, k.y, radius, 0, 2 * Math.PI);
+    ctx.fillStyle = "#fff";
+    ctx.fill();
+    ctx.stroke();
+    ctx.fillStyle = color;
+    ctx.fillText(k.name, k.x + radius + 1, k.y + radius + 1);
+  }
+  return visible.length;
 }
 
 function bindSlider(input, output) {
