@@ -104,22 +104,52 @@ class Management:
         response = self.call("management", "GET", self._model_url("/all"))
         return [entry["modelVersion"] for entry in response.json()] if response.status_code == 200 else []
 
-    def register(self, version: str) -> None:
-        """Register the archive and return once its workers started (TorchServe's synchronous mode)."""
+    def register(self, version: str, timeout: float = 180) -> None:
+        """Register the archive and return once one of its workers is READY.
+
+        Registration is asynchronous on purpose: TorchServe's ``synchronous=true`` blocks the
+        Netty thread that took the call until the workers are up, and that thread also carries
+        inference connections, so a request sent at that moment stalled for the whole load
+        (a 504 under load). While a version loads, describe shows every worker as UNLOADING
+        whether it is loading or failing; a worker process that dies is restarted with a new pid,
+        so a pid that changes before any worker is READY means the archive does not load.
+        """
         response = self.call(
             "management",
             "POST",
             f"{self.stack.management_url}/models",
-            timeout=300,
             params={
                 "url": archive_for(self.stack, version).name,
                 "model_name": self.stack.model_name,
                 "initial_workers": 1,
-                "synchronous": "true",
+                "synchronous": "false",
             },
         )
-        if response.status_code != 200:
+        if response.status_code not in (200, 202):
             raise DeployError(f"TorchServe refused to load {version}: {_message(response)}")
+        pids: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = self.workers(version)
+            if any(w.get("status") == "READY" for w in workers):
+                return
+            for worker in workers:
+                pid, known = worker.get("pid", -1), pids.get(worker.get("id"))
+                if pid > 0 and known and pid != known:
+                    self.unregister(version)
+                    raise DeployError(
+                        f"TorchServe refused to load {version}: its worker died while loading the model and was "
+                        "restarted (the model log, logs/torchserve/model_log.log, says why)"
+                    )
+                if pid > 0:
+                    pids[worker.get("id")] = pid
+            time.sleep(0.5)
+        self.unregister(version)
+        raise DeployError(f"TorchServe did not get a worker of {version} ready in {timeout:.0f}s")
+
+    def workers(self, version: str) -> list[dict]:
+        response = self.call("management", "GET", self._model_url(f"/{version}"))
+        return response.json()[0].get("workers", []) if response.status_code == 200 else []
 
     def set_default(self, version: str) -> None:
         response = self.call("management", "PUT", self._model_url(f"/{version}/set-default"))
@@ -329,7 +359,8 @@ def _load_and_gate(ts: Management, version: str, previous: str, action: str, out
             if loaded_now:
                 out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) next to {previous} ...")
                 ts.register(version)
-            wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
+            else:
+                wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
             problems = smoke_check(ts, version)
             if problems:
                 raise DeployError(f"{version} failed the smoke check:\n  " + "\n  ".join(problems))
