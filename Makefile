@@ -14,7 +14,7 @@ SPAWN_RATE ?= 5
 DURATION ?= 2m
 WEIGHTS ?= models/weights/v$(VERSION)/best.pt
 
-.PHONY: help venv archive package up down status logs test lint compose-up compose-down
+.PHONY: help venv archive package up down status logs test lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench report
 
 # VERSION only when the operator set it (the default above is for `make up`)
@@ -93,3 +93,6 @@ compose-up: archive ## Build and start the containerised stack (needs Docker)
 
 compose-down: ## Stop the containerised stack (keeps Prometheus/Grafana data)
 	docker compose down
+
+compose-test: venv ## Build the images, start the Compose stack on a real Docker engine, exercise it, tear it down
+	bash scripts/compose_test.sh
