@@ -27,6 +27,7 @@ STAND_IN_LABEL = "io.github.yolo-serving.local-stand-in"  # set by docker/local/
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the official images add to a minimal Debian; Python comes in docker/local/python.Dockerfile.
 DEBIAN_PACKAGES = "ca-certificates,netbase,tzdata"
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 DEBIAN_SOURCES = """Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm bookworm-updates
@@ -138,6 +139,18 @@ def pulled(tag: str) -> bool:
     return result.returncode == 0
 
 
+def trust_local_cas(rootfs: Path) -> None:
+    """This machine's own CAs (a TLS-inspecting egress proxy's, say) for pip and apt inside the images."""
+    local = sorted(LOCAL_CAS.glob("*.crt"))
+    if not local:
+        return
+    target = rootfs / LOCAL_CAS.relative_to("/")
+    for cert in local:
+        shutil.copy(cert, target / cert.name)
+    run("chroot", str(rootfs), "update-ca-certificates", stdout=subprocess.DEVNULL)
+    print(f"local base trusts this machine's CAs: {', '.join(c.name for c in local)}")
+
+
 def build_local_debian() -> None:
     """Debian bookworm (minbase + DEBIAN_PACKAGES) by debootstrap, imported as LOCAL_DEBIAN."""
     if image_exists(LOCAL_DEBIAN):
@@ -156,6 +169,7 @@ def build_local_debian() -> None:
             DEBIAN_MIRROR,
             stdout=subprocess.DEVNULL,
         )
+        trust_local_cas(rootfs)
         (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
         (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(DEBIAN_SOURCES)
         # As in Debian's official images: package scripts must not try to start services.
