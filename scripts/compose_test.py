@@ -311,15 +311,16 @@ class Run:
         expect(missing.status_code == 404, f"unknown version: HTTP {missing.status_code} {missing.text[:200]}")
         expect(missing.json()["error"]["code"] == "model_not_found", f"unknown version: {missing.text[:200]}")
         ts = Management(self.ts)
-        register = {"url": "yolo_v2.0.mar", "model_name": "yolo", "initial_workers": 0, "synchronous": "true"}
-        response = ts.call("management", "POST", f"{self.ts.management_url}/models", params=register, timeout=300)
-        expect(response.status_code == 200, f"registering 2.0 with no worker: {response.status_code} {response.text}")
+        ts.register("2.0")
+        scale = f"{self.ts.management_url}/models/yolo/2.0"
         try:
+            # Scaled to no worker, as an operator might: TorchServe answers 503 for it.
+            no_workers = {"min_worker": 0, "max_worker": 0, "synchronous": "true"}
+            scaled = ts.call("management", "PUT", scale, params=no_workers)
+            expect(scaled.status_code == 200, f"scaling 2.0 to no worker: {scaled.status_code} {scaled.text}")
             idle = httpx.post(f"{self.gateway_url}/predict?version=2.0", files=self.sample_upload(), timeout=60)
         finally:
-            unloaded = ts.call("management", "DELETE", f"{self.ts.management_url}/models/yolo/2.0", timeout=120)
-            print(f"  unregister 2.0 (no worker): HTTP {unloaded.status_code} {unloaded.text.strip()[:120]}")
-        expect("2.0" not in ts.loaded_versions(), "2.0 is still registered")
+            ts.unregister("2.0")
         expect(idle.status_code == 503, f"version with no worker: HTTP {idle.status_code} {idle.text[:200]}")
         expect(idle.json()["status"] == "error", f"version with no worker: {idle.text[:200]}")
         expect(self.predicts(), "the default version stopped serving")
