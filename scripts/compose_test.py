@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from scripts.container_env import ROOT, Engine, EngineError, compose_command, ensure_base_images, pulled, quiet, run
+from scripts.container_env import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
 from scripts.deploy import DeployError, Management, contract_problems, deploy, iou, rollback
 from scripts.loadgen import Load
 from scripts.stack import Stack, free_port, wait_until
@@ -411,7 +411,9 @@ CHECKS = {
 
 def exercise(tmp: Path) -> list[tuple[str, bool, str]]:
     test = Run(tmp)
+    start = time.monotonic()
     env = test.environment(ensure_base_images())
+    print(f"base images ready: {time.monotonic() - start:.0f} s", flush=True)
     test.package_archives()
     compose = Compose(env, tmp)
     test.build(compose)
@@ -437,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with Engine(tmp):
                 results = exercise(tmp)
-        except (EngineError, CheckFailed, TimeoutError, subprocess.CalledProcessError) as exc:
+        except (SetupError, CheckFailed, TimeoutError, subprocess.CalledProcessError) as exc:
             print(f"compose-test: error: {exc}", file=sys.stderr)
             return 1
     failed = [name for name, ok, _ in results if not ok]

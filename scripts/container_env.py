@@ -42,16 +42,16 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 
 
-class EngineError(Exception):
-    """No Docker engine could be had: the reason, for the operator."""
+class SetupError(Exception):
+    """The engine, Compose or a base image could not be had: the reason, for the operator."""
 
 
 def run(*cmd: str, check: bool = True, timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, timeout=timeout, text=True, **kwargs)
 
 
-def quiet(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return run(*cmd, check=False, timeout=timeout, capture_output=True)
+def quiet(*cmd: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return run(*cmd, check=False, timeout=timeout, capture_output=True, **kwargs)
 
 
 def engine_answers() -> bool:
@@ -61,8 +61,10 @@ def engine_answers() -> bool:
 def apt_install(*packages: str) -> None:
     print(f"installing Debian packages: {' '.join(packages)}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-qq", env=env, stdout=subprocess.DEVNULL)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages, env=env, stdout=subprocess.DEVNULL)
+    for command in (["update"], ["install", "-y", "--no-install-recommends", *packages]):
+        result = quiet("apt-get", "-qq", *command, timeout=900, env=env)
+        if result.returncode != 0:
+            raise SetupError(f"apt-get {' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
 class Engine:
@@ -77,7 +79,7 @@ class Engine:
             print("docker engine: using the one that answers", flush=True)
             return self
         if os.geteuid() != 0:
-            raise EngineError("no Docker engine answers and starting one needs root")
+            raise SetupError("no Docker engine answers and starting one needs root")
         if shutil.which("dockerd") is None:
             apt_install("docker.io")
         print(f"docker engine: starting dockerd --storage-driver=overlay2 (log: {self.log})", flush=True)
@@ -92,7 +94,7 @@ class Engine:
             if self.started.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 tail = self.log.read_text()[-2000:]
-                raise EngineError(f"dockerd did not start (exit {self.started.returncode}); its log ends:\n{tail}")
+                raise SetupError(f"dockerd did not start (exit {self.started.returncode}); its log ends:\n{tail}")
             time.sleep(1)
         return self
 
@@ -147,7 +149,7 @@ def trust_local_cas(rootfs: Path) -> None:
     target = rootfs / LOCAL_CAS.relative_to("/")
     for cert in local:
         shutil.copy(cert, target / cert.name)
-    run("chroot", str(rootfs), "update-ca-certificates", stdout=subprocess.DEVNULL)
+    run("chroot", str(rootfs), "update-ca-certificates", capture_output=True)
     print(f"local base trusts this machine's CAs: {', '.join(c.name for c in local)}")
 
 
@@ -192,12 +194,14 @@ def build_local_debian() -> None:
             stdout=subprocess.DEVNULL,
         )
         if tar.wait() != 0:
-            raise EngineError("tar of the debootstrap root file system failed")
+            raise SetupError("tar of the debootstrap root file system failed")
 
 
 def build_local(dockerfile: str, tag: str) -> None:
     print(f"building {tag} from {dockerfile}", flush=True)
-    run("docker", "build", "--quiet", "-f", str(ROOT / dockerfile), "-t", tag, str(ROOT / "docker/local"))
+    result = quiet("docker", "build", "-f", str(ROOT / dockerfile), "-t", tag, str(ROOT / "docker/local"), timeout=1800)
+    if result.returncode != 0:
+        raise SetupError(f"building {tag} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
 
 
 def ensure_base_images() -> dict[str, str]:
