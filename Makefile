@@ -16,7 +16,7 @@ WEIGHTS ?= models/weights/v$(VERSION)/best.pt
 GATE_DATA ?= samples
 PACKAGE = bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) --gate-data $(GATE_DATA)
 
-.PHONY: help venv archive package up down status logs test lint compose-up compose-down
+.PHONY: help venv archive package up down status logs test lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench report
 
 # VERSION only when the operator set it (the default above is for `make up`)
@@ -95,3 +95,6 @@ compose-up: archive ## Build and start the containerised stack (needs Docker)
 
 compose-down: ## Stop the containerised stack (keeps Prometheus/Grafana data)
 	docker compose down
+
+compose-test: venv ## Build the images, start the Compose stack on a real Docker engine, exercise it, tear it down
+	bash scripts/compose_test.sh

@@ -109,7 +109,8 @@ def pip_packages(dockerfile: Path) -> set[str]:
     names = set()
     takes_value = {"-c", "-r", "--constraint", "--requirement", "--index-url", "--extra-index-url", "-i"}
     for command in re.findall(r"pip install (.*?)(?:&&|$)", text, re.M):
-        tokens = iter(command.split())
+        # ${ARG:+--option value}: a build-time option, not a package.
+        tokens = iter(re.sub(r"\$\{[^}]*\}", " ", command).split())
         for token in tokens:
             if token in takes_value:
                 next(tokens)
@@ -245,7 +246,8 @@ def named_mounts(service: dict) -> dict[str, tuple[str, bool]]:
     """target -> (source, read_only) for short-syntax volume entries."""
     mounts = {}
     for entry in service.get("volumes", []):
-        source, target, *mode = entry.split(":")
+        # ${VAR:-default}: the default, whose colon is not a field separator.
+        source, target, *mode = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", entry).split(":")
         mounts[target] = (source, "ro" in mode)
     return mounts
 
@@ -280,7 +282,8 @@ def test_compose_images_pinned_or_built_here():
         if "build" in svc:
             assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file(), name
         else:
-            assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+", svc["image"]), f"{name}: {svc['image']} is not pinned"
+            image = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", svc["image"])  # ${VAR:-default}: the default
+            assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+", image), f"{name}: {svc['image']} is not pinned"
 
 
 def test_compose_model_store_and_tokens():
