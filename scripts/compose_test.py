@@ -29,7 +29,8 @@ import httpx
 import yaml
 
 from scripts.container_env import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
-from scripts.deploy import DeployError, Management, contract_problems, deploy, iou, rollback
+from scripts.deploy import DeployError, Management, contract_problems, deploy, rollback
+from scripts.gate_metrics import box_iou as iou
 from scripts.loadgen import Load
 from scripts.stack import Stack, free_port, wait_until
 
@@ -110,7 +111,7 @@ class Run:
             store = str(self.store)
             packaged = run(
                 "bash", "scripts/package_mar.sh", "--weights", weights, "--version", version, "--store", store,
-                capture_output=True,
+                "--gate-data", "samples", capture_output=True,
             )  # fmt: skip
             print(*[line for line in packaged.stdout.splitlines() if line.startswith(("archive:", "sha256:"))])
         for path in [self.tmp, self.store, *self.store.iterdir()]:
