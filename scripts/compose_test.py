@@ -337,9 +337,16 @@ class Run:
 
     def prometheus_and_dashboard(self, compose: Compose) -> str:
         url = f"http://{address(self.containers['prometheus'])}:9090"
-        targets = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-        health_by_job = {t["labels"]["job"]: t["health"] for t in targets}
-        expect(health_by_job == {"gateway": "up", "torchserve": "up"}, f"scrape targets: {health_by_job}")
+        wanted = {"gateway": "up", "torchserve": "up"}
+        # A target restarted moments ago (the crash check) stays "down" until its next scrape (every 15 s).
+        deadline = time.monotonic() + 45
+        while True:
+            targets = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            health_by_job = {t["labels"]["job"]: t["health"] for t in targets}
+            if health_by_job == wanted or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        expect(health_by_job == wanted, f"scrape targets after 45 s: {health_by_job}")
         queries = sorted(
             {t["expr"] for p in DASHBOARDS.glob("*.json") for t in dashboard_targets(json.loads(p.read_text()))}
         )
