@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 
+import pillow_heif
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+pillow_heif.register_heif_opener()  # HEIC uploads are served (serving/yolo_image.py), so they are drawn too
 
 PALETTE = ((255, 56, 56), (50, 205, 50), (255, 178, 29), (72, 137, 255), (207, 73, 255), (0, 212, 187))
 
