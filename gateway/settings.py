@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 answers")
     body_timeout_s: float = Field(60.0, gt=0, description="time allowed to receive a request's whole body (then 408)")
     header_timeout_s: float = Field(10.0, gt=0, description="time allowed to send a request's headers (then closed)")
+    max_client_connections: int = Field(
+        1000, gt=0, description="open client connections; past it a new one gets 503 and is closed"
+    )
     max_concurrent_uploads: int = Field(100, gt=0, description="requests with a body handled at once (then 503)")
     drain_max_bytes: int = Field(
         64 * 1024 * 1024, ge=0, description="most unread body read and discarded so a client sees an early answer"

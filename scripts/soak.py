@@ -173,9 +173,12 @@ def sample_processes(run_dir: Path) -> dict[str, dict]:
 def run(args: argparse.Namespace, stack: Stack) -> dict:
     started = time.monotonic()
     traffic = Traffic(stack.gateway_url, started + args.duration)
-    threads = [threading.Thread(target=traffic.good, args=(seed,)) for seed in range(args.clients)]
-    threads.append(threading.Thread(target=traffic.hostile))
-    threads += [threading.Thread(target=traffic.slow, args=(i % 2 == 1,)) for i in range(args.slow_clients)]
+    # daemons: an interrupted soak stops its stack and exits instead of waiting for the clients
+    threads = [threading.Thread(target=traffic.good, args=(seed,), daemon=True) for seed in range(args.clients)]
+    threads.append(threading.Thread(target=traffic.hostile, daemon=True))
+    threads += [
+        threading.Thread(target=traffic.slow, args=(i % 2 == 1,), daemon=True) for i in range(args.slow_clients)
+    ]
     for thread in threads:
         thread.start()
     samples = []

@@ -188,3 +188,34 @@ def test_industrial_camera_pnm_is_served(stack, ground_truth, mode, name, magic)
     response = post(stack.gateway_url, data, name)
     assert response.status_code == 200, response.text
     assert_valid_contract(response.json(), truth.width, truth.height)
+
+
+def test_connections_past_the_cap_get_a_clear_503(stack, extra_gateway):
+    gateway = extra_gateway(GATEWAY_MAX_CLIENT_CONNECTIONS="3", GATEWAY_HEADER_TIMEOUT_S="60")
+    address = (gateway.host, gateway.gateway_port)
+    idle = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        with socket.create_connection(address, timeout=10) as extra:
+            extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = b""
+            while data := extra.recv(65536):
+                reply += data
+    finally:
+        for sock in idle:
+            sock.close()
+    assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+    assert json_body(reply)["error"]["code"] == "too_many_connections"
+    wait_until(lambda: httpx.get(f"{gateway.gateway_url}/health/live", timeout=5).status_code == 200, "freed", 10)
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending_the_body(stack):
+    with socket.create_connection((stack.host, stack.gateway_port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 41943040\r\nExpect: 100-continue\r\n\r\n"
+        )
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert json_body(reply)["error"]["code"] == "file_too_large"
