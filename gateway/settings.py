@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0, description="time allowed to receive a request's whole body (then 408)")
     header_timeout_s: float = Field(10.0, gt=0, description="time allowed to send a request's headers (then closed)")
     max_client_connections: int = Field(
-        1000, gt=0, description="open client connections; past it a new one gets 503 and is closed"
+        500, gt=0, description="open client connections; past it a new one gets 503 and is closed"
     )
     max_concurrent_uploads: int = Field(100, gt=0, description="requests with a body handled at once (then 503)")
     drain_max_bytes: int = Field(
