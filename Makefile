@@ -17,7 +17,7 @@ GATE_DATA ?= samples
 PACKAGE = bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) --gate-data $(GATE_DATA)
 
 .PHONY: help venv archive package up down status logs test lint compose-up compose-down compose-test
-.PHONY: redeploy rollback canary promote history loadtest bench report
+.PHONY: redeploy rollback canary promote history loadtest bench report soak
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -83,6 +83,9 @@ history: venv ## Print the deploy history (who, when, version, sha256, result)
 
 loadtest: venv ## Locust against the running stack (USERS, SPAWN_RATE, DURATION) into reports/; non-zero on any failure
 	$(PY) -m scripts.loadtest --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+
+soak: venv ## Long run (DURATION=30m) of good, hostile and slow traffic on a private stack; memory and fds (reports/soak.md)
+	$(PY) -m scripts.soak --duration $(if $(filter command line environment,$(origin DURATION)),$(DURATION),30m)
 
 bench: venv ## In-process vs TorchServe vs gateway, default vs baseline (reports/bench.md); SWEEP=1 for the config grid
 	$(PY) -m scripts.bench $(if $(SWEEP),--sweep)

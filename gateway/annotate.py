@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 
+import pillow_heif
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+pillow_heif.register_heif_opener()  # HEIC uploads are served (serving/yolo_image.py), so they are drawn too
 
 # Ultralytics' skeleton for the 17 COCO keypoints (1-based pairs); other keypoint sets are drawn as dots.
 COCO_SKELETON = (

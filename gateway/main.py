@@ -1,4 +1,4 @@
-"""App factory: ``uvicorn --factory gateway.main:create_app``."""
+"""App factory: ``uvicorn --factory gateway.main:create_app`` (``python -m gateway.serve`` runs it so)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from gateway.canary import CanaryFile
 from gateway.errors import install_error_handlers
+from gateway.guard import UploadGuard
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.routes import health, models, predict, ui
 from gateway.settings import Settings
@@ -21,7 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstream = TorchServeClient(settings)
+        app.state.upstream = TorchServeClient(settings, metrics)
         try:
             yield
         finally:
@@ -41,5 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/503 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

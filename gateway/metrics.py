@@ -40,6 +40,17 @@ class GatewayMetrics:
         self.detections = Counter(
             "gateway_detections", "Detections returned", ["class_name", "model_version"], registry=self.registry
         )
+        self.cut_uploads = Counter(
+            "gateway_cut_uploads",
+            "Uploads answered before their body was read: body_timeout (408) or busy (503)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Predictions sent to TorchServe a second time because the worker running them died",
+            registry=self.registry,
+        )
         self.predictions = Counter(
             "gateway_predictions",
             "Successful predictions by the model version that answered",

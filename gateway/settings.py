@@ -26,6 +26,16 @@ class Settings(BaseSettings):
     max_connections: int = Field(64, gt=0, description="pooled connections to TorchServe")
     token_refresh_margin_s: float = Field(300.0, ge=0, description="refresh a TorchServe key this long before expiry")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 answers")
+    body_timeout_s: float = Field(60.0, gt=0, description="time allowed to receive a request's whole body (then 408)")
+    header_timeout_s: float = Field(10.0, gt=0, description="time allowed to send a request's headers (then closed)")
+    max_client_connections: int = Field(
+        500, gt=0, description="open client connections; past it a new one gets 503 and is closed"
+    )
+    max_concurrent_uploads: int = Field(100, gt=0, description="requests with a body handled at once (then 503)")
+    drain_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="most unread body read and discarded so a client sees an early answer"
+    )
+    drain_timeout_s: float = Field(10.0, ge=0, description="most time spent discarding an unread body before answering")
     canary_file: Path | None = Field(None, description="canary state written by scripts/deploy.py (absent: no canary)")
 
     @cached_property

@@ -5,6 +5,10 @@ TorchServe 0.12 keeps token authorization on: its inference and management keys 
 gateway re-reads the file when it changes, asks TorchServe for a fresh key (with the
 never-expiring API key) shortly before expiry or when a key is refused, and retries once,
 so no user request fails because a key went stale.
+
+A prediction is idempotent, so one that failed only because the worker running it died
+(killed, out of memory) is sent once more; TorchServe queues it for whichever worker is
+alive or restarted. No other failure is retried, a 4xx never.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from pathlib import Path
 import httpx
 
 from gateway.errors import APIError
+from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
+
+# TorchServe 0.12 answers the jobs of a worker process that died (killed, out of memory) with
+# 507 {"type": "InternalServerException", "message": "Worker died."}; seen by killing workers under load.
+WORKER_DIED = "Worker died."
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,11 @@ def _is_token_refusal(response: httpx.Response) -> bool:
     return response.status_code == 400 and "InvalidKeyException" in response.text
 
 
+def worker_died(response: httpx.Response) -> bool:
+    """TorchServe lost the worker process running this request: the request itself was fine."""
+    return response.status_code >= 500 and WORKER_DIED in response.text
+
+
 @dataclass
 class Prediction:
     status: int
@@ -122,8 +136,9 @@ class Prediction:
 class TorchServeClient:
     """Inference and read-only management calls against one TorchServe."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: GatewayMetrics):
         self.settings = settings
+        self.metrics = metrics
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s),
             limits=httpx.Limits(
@@ -166,9 +181,11 @@ class TorchServeClient:
         path = f"/predictions/{self.settings.model_name}" + (f"/{version}" if version else "")
         headers = {"Content-Type": "application/octet-stream", **{f"X-Yolo-{k}": v for k, v in params.items()}}
         started = time.perf_counter()
-        response = await self._call(
-            "inference", "POST", self.settings.ts_inference_url + path, content=image, headers=headers
-        )
+        url = self.settings.ts_inference_url + path
+        response = await self._call("inference", "POST", url, content=image, headers=headers)
+        if worker_died(response):
+            self.metrics.upstream_retries.inc()
+            response = await self._call("inference", "POST", url, content=image, headers=headers)
         upstream_ms = (time.perf_counter() - started) * 1000
         return Prediction(response.status_code, self._prediction_body(response, version), upstream_ms)
 

@@ -237,16 +237,7 @@ def start_gateway(stack: Stack) -> int:
         "GATEWAY_CANARY_FILE": str(stack.run_dir / "canary.json"),
         **stack.gateway_env,
     }
-    cmd = [
-        str(VENV_BIN / "uvicorn"),
-        "--factory",
-        "gateway.main:create_app",
-        "--host",
-        stack.host,
-        "--port",
-        str(stack.gateway_port),
-        "--no-access-log",
-    ]
+    cmd = [str(VENV_BIN / "python"), "-m", "gateway.serve", "--host", stack.host, "--port", str(stack.gateway_port)]
     return _spawn(stack, "gateway", cmd, ROOT, env)
 
 

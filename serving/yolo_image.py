@@ -13,9 +13,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+# An allow-list, not "whatever Pillow can open": exotic decoders are where decoder bugs live.
+# HEIF is the iPhone's HEIC (through pillow-heif), AVIF is Pillow's own, PPM covers PBM/PGM/PPM.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "HEIF", "AVIF", "PPM"})
+pillow_heif.register_heif_opener()
 PAD_VALUE = 114  # Ultralytics' letterbox grey: the model was trained on it.
 
 

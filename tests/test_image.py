@@ -32,10 +32,17 @@ def gradient(width: int = 64, height: int = 48) -> Image.Image:
     return Image.fromarray(rgb, "RGB")
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF", "PPM"])
 def test_common_formats_decode_to_rgb(fmt):
     rgb = decode_image(encode(gradient(), fmt), MAX_PIXELS)
     assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+
+
+def test_pgm_from_an_industrial_camera_decodes():
+    data = encode(gradient().convert("L"), "PPM")
+    assert data.startswith(b"P5")  # binary greyscale PGM
+    rgb = decode_image(data, MAX_PIXELS)
+    assert rgb.shape == (48, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "1", "I;16", "I", "F"])
@@ -60,11 +67,12 @@ def test_gif_uses_first_frame():
     assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 50
 
 
-def test_exif_orientation_makes_the_image_upright():
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF"])
+def test_exif_orientation_makes_the_image_upright(fmt):
     image = gradient(64, 48)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW to display
-    rgb = decode_image(encode(image, "JPEG", exif=exif.tobytes()), MAX_PIXELS)
+    rgb = decode_image(encode(image, fmt, exif=exif.tobytes()), MAX_PIXELS)
     assert rgb.shape == (64, 48, 3)
 
 
@@ -75,6 +83,13 @@ def test_decompression_bomb_refused_before_decoding():
     assert (err.value.status, err.value.code) == (413, "image_too_large")
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "PPM"])
+def test_pixel_limit_guards_the_new_formats_too(fmt):
+    with pytest.raises(RequestError) as err:
+        decode_image(encode(gradient(), fmt), max_pixels=64 * 48 - 1)
+    assert (err.value.status, err.value.code) == (413, "image_too_large")
+
+
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
@@ -82,8 +97,10 @@ def test_decompression_bomb_refused_before_decoding():
         (b"this is a text file, not an image", 415, "invalid_image"),
         (encode(gradient(), "JPEG")[:200], 415, "invalid_image"),
         (b"%PDF-1.4\n" + b"0" * 100, 415, "invalid_image"),
+        (encode(gradient(), "HEIF")[:300], 415, "invalid_image"),
+        (encode(gradient(), "AVIF")[:300], 415, "invalid_image"),
     ],
-    ids=["empty", "text", "truncated-jpeg", "pdf"],
+    ids=["empty", "text", "truncated-jpeg", "pdf", "truncated-heic", "truncated-avif"],
 )
 def test_bad_bytes_get_a_clear_4xx(data, status, code):
     with pytest.raises(RequestError) as err:
@@ -93,7 +110,7 @@ def test_bad_bytes_get_a_clear_4xx(data, status, code):
 
 
 def test_unsupported_format_refused():
-    data = encode(gradient(), "PPM")
+    data = encode(gradient(), "PCX")
     with pytest.raises(RequestError) as err:
         decode_image(data, MAX_PIXELS)
     assert (err.value.status, err.value.code) == (415, "unsupported_image")

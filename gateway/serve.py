@@ -1,0 +1,106 @@
+"""Run the gateway: ``python -m gateway.serve --host 127.0.0.1 --port 8000``.
+
+Uvicorn itself, with one addition it lacks: a deadline for a request's headers. Headers are
+parsed by h11 inside uvicorn before the app sees anything, so no ASGI layer can time them;
+without this, a client that trickles a header line every few seconds holds its connection
+and file descriptor forever. The body's deadline is the app's (``gateway.guard``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.errors import error_content
+from gateway.settings import Settings
+
+REFUSED_LINGER_S = 1.0  # how long a refused connection's request is read and discarded before closing
+
+
+def _busy_response(settings: Settings) -> bytes:
+    """The whole 503 a connection past the cap gets, written before its request is read."""
+    body = json.dumps(
+        error_content(
+            "too_many_connections",
+            f"The gateway holds {settings.max_client_connections} connections, its limit; retry shortly.",
+        )
+    ).encode()
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"retry-after: {settings.retry_after_s}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """h11 connection with a header deadline, refused with 503 past ``max_client_connections``.
+
+    The header clock starts when the connection opens and again when an answer completes (the
+    next request's headers on a kept-alive connection); a request whose headers arrived in
+    time is left alone. Each open connection holds a file descriptor, so their number is
+    capped before they can exhaust the process's limit.
+    """
+
+    settings = Settings.model_construct()  # defaults until main() reads the environment
+    busy_response = b""
+    _header_timer: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.settings.max_client_connections:
+            # Answer, then keep discarding the request for a moment: closing on unread bytes
+            # would reset the connection and lose the answer.
+            self._refused = True
+            transport.write(self.busy_response)
+            self.loop.call_later(REFUSED_LINGER_S, transport.close)
+            return
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._arm_header_deadline()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.settings.header_timeout_s, self._headers_too_slow, self.cycle)
+
+    def _headers_too_slow(self, cycle_when_armed: object) -> None:
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            self.transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gateway.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    HeaderDeadlineProtocol.settings = settings
+    HeaderDeadlineProtocol.busy_response = _busy_response(settings)
+    uvicorn.run(
+        "gateway.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        http=HeaderDeadlineProtocol,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Hardened edges through the real stack: slow clients, oversized uploads, dying workers, phone and camera formats."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pillow_heif
+import psutil
+import pytest
+from PIL import Image
+
+from scripts.stack import ready_workers, recorded_pid, wait_until
+from tests.conftest import assert_finds_ground_truth, assert_valid_contract
+
+pytestmark = pytest.mark.integration
+pillow_heif.register_heif_opener()
+
+SLOW_BODY_HEAD = (
+    b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000000\r\n"
+    b"Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
+)
+CUT_WITHIN_S = 30  # how long a test waits for a cut before it fails (the configured limits are 2-3 s)
+
+
+def trickle(host: str, port: int, head: bytes, drip: bytes) -> bytes | None:
+    """Send ``head``, then ``drip`` every half second; the server's reply once it closes, None if it never does."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.5)
+        reply = b""
+        for _ in range(CUT_WITHIN_S * 2):
+            try:
+                sock.sendall(drip)
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return reply
+            if not data:
+                return reply
+            reply += data
+    return None
+
+
+def json_body(reply: bytes) -> dict:
+    return json.loads(reply.partition(b"\r\n\r\n")[2])
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def post(url: str, data: bytes, name: str = "photo.jpg", **params) -> httpx.Response:
+    return httpx.post(f"{url}/predict", files={"file": (name, data)}, params=params, timeout=60)
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_slow_uploads_are_cut_while_normal_requests_answer(stack, extra_gateway, ground_truth):
+    gateway = extra_gateway(GATEWAY_BODY_TIMEOUT_S="2")
+    photo = ground_truth[0].path.read_bytes()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        slow = [pool.submit(trickle, gateway.host, gateway.gateway_port, SLOW_BODY_HEAD, b"x") for _ in range(10)]
+        normal = [post(gateway.gateway_url, photo).status_code for _ in range(4)]
+        replies = [future.result() for future in slow]
+    assert normal == [200] * 4
+    for reply in replies:
+        assert reply is not None, "a slow upload was never cut"
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"connection: close" in reply.lower()
+        assert json_body(reply)["error"]["code"] == "body_timeout"
+    assert metric(gateway.gateway_url, 'gateway_cut_uploads_total{reason="body_timeout"}') == 10
+
+
+def test_slow_headers_are_cut(stack, extra_gateway):
+    gateway = extra_gateway(GATEWAY_HEADER_TIMEOUT_S="2")
+    reply = trickle(gateway.host, gateway.gateway_port, b"POST /predict HTTP/1.1\r\n", b"X-Slow: 1\r\n")
+    assert reply == b"", "the connection must be closed, not answered or held"
+    assert httpx.get(f"{gateway.gateway_url}/health", timeout=10).status_code == 200
+
+
+def test_uploads_past_the_cap_get_a_clear_503(stack, extra_gateway, ground_truth):
+    gateway = extra_gateway(GATEWAY_MAX_CONCURRENT_UPLOADS="2", GATEWAY_BODY_TIMEOUT_S="3")
+    holding = threading.Barrier(3)
+
+    def hold_a_slot() -> bytes | None:
+        with socket.create_connection((gateway.host, gateway.gateway_port), timeout=10) as sock:
+            sock.sendall(SLOW_BODY_HEAD)
+            holding.wait()
+            sock.settimeout(CUT_WITHIN_S)
+            return sock.recv(65536)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        slots = [pool.submit(hold_a_slot) for _ in range(2)]
+        holding.wait()
+        wait_until(lambda: metric(gateway.gateway_url, "gateway_in_flight_requests") >= 3, "slots held", 10)
+        busy = post(gateway.gateway_url, ground_truth[0].path.read_bytes())
+        assert [slot.result().startswith(b"HTTP/1.1 408") for slot in slots] == [True, True]
+    assert busy.status_code == 503, busy.text
+    assert busy.json()["error"]["code"] == "busy" and busy.headers["Retry-After"]
+    assert post(gateway.gateway_url, ground_truth[0].path.read_bytes()).status_code == 200
+
+
+def test_a_40_mib_upload_gets_a_readable_413_for_a_client_that_writes_first(stack):
+    """urllib writes the whole body before reading: it must see the 413, not a connection reset."""
+    boundary = "big"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'.encode()
+        + b"\xff" * (40 * 1024 * 1024)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{stack.gateway_url}/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    assert answer.value.code == 413
+    assert json.loads(answer.value.read())["error"]["code"] == "file_too_large"
+
+
+def test_killing_every_worker_under_load_loses_no_request(stack, ground_truth):
+    photo = ground_truth[0].path.read_bytes()
+    retries_before = metric(stack.gateway_url, "gateway_upstream_retries_total")
+    answered = threading.Semaphore(0)
+
+    def client() -> list[int]:
+        statuses = []
+        for _ in range(8):
+            statuses.append(post(stack.gateway_url, photo).status_code)
+            answered.release()
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        clients = [pool.submit(client) for _ in range(12)]
+        for _ in range(16):  # under way: every client has its next request queued or running
+            answered.acquire(timeout=60)
+        frontend = psutil.Process(recorded_pid(stack, "torchserve"))
+        workers = [p for p in frontend.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        for worker in workers:
+            worker.kill()
+        statuses = Counter(s for c in clients for s in c.result())
+    wait_until(lambda: ready_workers(stack) == 2, "workers restarted", 120)
+    assert statuses == {200: 96}
+    assert metric(stack.gateway_url, "gateway_upstream_retries_total") > retries_before
+    refused = post(stack.gateway_url, b"not an image at all", "text.jpg")
+    assert refused.status_code == 415  # a 4xx is answered as is, never retried
+
+
+def phone_photo(fmt: str, truth) -> bytes:
+    """The sample as a phone stores it: pixels sideways plus an EXIF orientation tag."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    sideways = Image.open(truth.path).convert("RGB").rotate(90, expand=True)
+    return encode(sideways, fmt, quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("HEIF", "phone.heic"), ("AVIF", "phone.avif")])
+def test_phone_formats_with_exif_rotation_get_upright_boxes(stack, ground_truth, fmt, name):
+    truth = next(t for t in ground_truth if t.boxes)
+    response = post(stack.gateway_url, phone_photo(fmt, truth), name)
+    assert response.status_code == 200, response.text
+    assert_valid_contract(response.json(), truth.width, truth.height)
+    assert_finds_ground_truth(response.json()["detections"], truth)
+    drawn = post(stack.gateway_url, phone_photo(fmt, truth), name, format="image")
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(drawn.content)).size == (truth.width, truth.height)
+
+
+@pytest.mark.parametrize(("mode", "name", "magic"), [("L", "camera.pgm", b"P5"), ("RGB", "camera.ppm", b"P6")])
+def test_industrial_camera_pnm_is_served(stack, ground_truth, mode, name, magic):
+    truth = next(t for t in ground_truth if t.boxes)
+    data = encode(Image.open(truth.path).convert(mode), "PPM")
+    assert data.startswith(magic)
+    response = post(stack.gateway_url, data, name)
+    assert response.status_code == 200, response.text
+    assert_valid_contract(response.json(), truth.width, truth.height)
+
+
+def test_connections_past_the_cap_get_a_clear_503(stack, extra_gateway):
+    gateway = extra_gateway(GATEWAY_MAX_CLIENT_CONNECTIONS="3", GATEWAY_HEADER_TIMEOUT_S="60")
+    address = (gateway.host, gateway.gateway_port)
+    idle = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        with socket.create_connection(address, timeout=10) as extra:
+            extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = b""
+            while data := extra.recv(65536):
+                reply += data
+    finally:
+        for sock in idle:
+            sock.close()
+    assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+    assert json_body(reply)["error"]["code"] == "too_many_connections"
+    wait_until(lambda: httpx.get(f"{gateway.gateway_url}/health/live", timeout=5).status_code == 200, "freed", 10)
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending_the_body(stack):
+    with socket.create_connection((stack.host, stack.gateway_port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 41943040\r\nExpect: 100-continue\r\n\r\n"
+        )
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert json_body(reply)["error"]["code"] == "file_too_large"
