@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import yaml
 from scripts.container_env import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
 from scripts.deploy import DeployError, Management, contract_problems, deploy, rollback
 from scripts.gate_metrics import box_iou as iou
+from scripts.hostile import png_bomb
 from scripts.loadgen import Load
 from scripts.stack import Stack, free_port, wait_until
 
@@ -245,7 +244,7 @@ class Run:
             "text named .jpg": ({"file": ("a.jpg", b"not an image\n" * 20)}, 415, "invalid_image"),
             "truncated JPEG": ({"file": ("a.jpg", sample[: len(sample) // 3])}, 415, "invalid_image"),
             "wrong field name": ({"image": ("a.jpg", sample)}, 400, "unknown_field"),
-            "20000x20000 PNG header": ({"file": ("bomb.png", png_header(20000, 20000))}, 413, "image_too_large"),
+            "20000x20000 PNG header": ({"file": ("bomb.png", png_bomb(20000, 20000))}, 413, "image_too_large"),
             "7 MB upload": ({"file": ("big.jpg", b"\xff" * 7_000_000)}, 413, "file_too_large"),
         }
         for case, (files, status, code) in cases.items():
@@ -373,21 +372,6 @@ class Run:
     def grafana_healthy(self, grafana: str) -> str:
         wait_until(lambda: health(grafana) == "healthy", "grafana healthy", 180)
         return f"healthy on 127.0.0.1:{self.env['GRAFANA_PORT']}"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A valid PNG declaring ``width`` x ``height`` pixels with almost no data: a decompression bomb's header."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
-    )
 
 
 def dashboard_targets(node: dict):

@@ -7,15 +7,14 @@ import json
 import re
 import select
 import socket
-import struct
 import time
-import zlib
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from scripts.hostile import png_bomb
 from tests.conftest import assert_finds_ground_truth, assert_valid_contract
 
 pytestmark = pytest.mark.integration
@@ -29,21 +28,6 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert body["status"] == "error" and body["error"]["code"] == code and body["error"]["message"]
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header declaring ``width`` x ``height`` pixels, with a few bytes of data."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
-    )
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
