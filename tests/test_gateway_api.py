@@ -131,6 +131,7 @@ def test_no_ready_worker_is_503_and_health_says_why(stack, ground_truth):
         )
         assert response.status_code in (200, 202), response.text
 
+    serving = ready_workers(stack)
     scale(0)
     try:
         wait_until(lambda: ready_workers(stack) == 0, "scale to zero", 60)
@@ -142,8 +143,8 @@ def test_no_ready_worker_is_503_and_health_says_why(stack, ground_truth):
         assert response.status_code == 503 and response.json()["error"]["code"] == "no_capacity"
         assert "Retry-After" in response.headers
     finally:
-        scale(1)
-        wait_until(lambda: ready_workers(stack) > 0, "scale back", 120)
+        scale(serving)
+        wait_until(lambda: ready_workers(stack) == serving, "scale back", 120)
 
 
 def test_schemathesis_finds_no_server_error(stack):
