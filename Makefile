@@ -12,12 +12,23 @@ VERSION ?= 1.0
 USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 2m
-WEIGHTS ?= models/weights/v$(VERSION)/best.pt
-GATE_DATA ?= samples
-PACKAGE = bash scripts/package_mar.sh --weights $(WEIGHTS) --version $(VERSION) --gate-data $(GATE_DATA)
 
-.PHONY: help venv archive package up down status logs test lint compose-up compose-down compose-test
-.PHONY: redeploy rollback canary promote history loadtest bench report soak
+# The models `make up` serves, each with its weights, gate set and packaging options; /predict serves the first.
+MODELS := yolo parts
+WEIGHTS_yolo = models/weights/v$(VERSION)/best.pt
+GATE_yolo = samples
+WEIGHTS_parts = models/weights/tasks/classify/best.pt
+GATE_parts = samples/gates/classify
+OPTIONS_parts = --workers 1
+MODEL ?= yolo
+WEIGHTS ?= $(WEIGHTS_$(MODEL))
+GATE_DATA ?= $(GATE_$(MODEL))
+PACKAGE = bash scripts/package_mar.sh --name $(MODEL) --weights $(WEIGHTS) --version $(VERSION) \
+	--gate-data $(GATE_DATA) $(OPTIONS_$(MODEL))
+ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
+
+.PHONY: help venv archive model-archive package up down status logs test lint compose-up compose-down compose-test
+.PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -33,11 +44,14 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-archive: venv ## Build yolo_v$(VERSION).mar if missing and point the cold start at it if nothing is deployed
-	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
-	@test -L serving/model-store/yolo_current.mar || $(PY) -m scripts.stack set-current $(VERSION)
+archive: venv ## Build each model's v$(VERSION) archive if missing; point its cold start at it if nothing is deployed
+	@$(foreach m,$(MODELS),$(MAKE) --no-print-directory model-archive MODEL=$(m) && ) true
 
-package: venv ## Package WEIGHTS as VERSION, gated on GATE_DATA (FORCE=1 to rebuild an existing version)
+model-archive:
+	@test -f $(ARCHIVE) || $(PACKAGE)
+	@test -L serving/model-store/$(MODEL)_current.mar || $(PY) -m scripts.stack set-current $(VERSION) --model $(MODEL)
+
+package: venv ## Package MODEL's WEIGHTS as VERSION, gated on GATE_DATA (FORCE=1 to rebuild an existing version)
 	$(PACKAGE) $(if $(FORCE),--force)
 
 up: archive ## Set everything up and start TorchServe + gateway (idempotent)
@@ -60,26 +74,26 @@ test: venv lint ## Set everything up, lint, and run the whole test suite
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
-redeploy: venv ## Package WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
+redeploy: venv ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
-	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
-	bash scripts/deploy.sh $(VERSION)
+	@test -f $(ARCHIVE) || $(PACKAGE)
+	bash scripts/deploy.sh --model $(MODEL) $(VERSION)
 
-rollback: venv ## Abort a canary, or go back to the previous version (or VERSION=...)
-	bash scripts/rollback.sh $(GIVEN_VERSION)
+rollback: venv ## Abort MODEL's canary, or go back to its previous version (or VERSION=...)
+	bash scripts/rollback.sh --model $(MODEL) $(GIVEN_VERSION)
 
-canary: venv ## Package (unless packaged) and canary VERSION on PERCENT % of /predict traffic
+canary: venv ## Package (unless packaged) and canary MODEL's VERSION on PERCENT % of its unpinned traffic
 	$(NEED_VERSION)
 	@test -n "$(PERCENT)" || { echo "error: say how much traffic: make canary VERSION=$(VERSION) PERCENT=20" >&2; exit 1; }
-	@test -f serving/model-store/yolo_v$(VERSION).mar || $(PACKAGE)
-	bash scripts/deploy.sh $(VERSION) --canary $(PERCENT)
+	@test -f $(ARCHIVE) || $(PACKAGE)
+	bash scripts/deploy.sh --model $(MODEL) $(VERSION) --canary $(PERCENT)
 
-promote: venv ## Make the running canary VERSION the default
+promote: venv ## Make MODEL's running canary VERSION its default
 	$(NEED_VERSION)
-	bash scripts/deploy.sh $(VERSION) --promote
+	bash scripts/deploy.sh --model $(MODEL) $(VERSION) --promote
 
-history: venv ## Print the deploy history (who, when, version, sha256, result)
-	$(PY) -m scripts.deploy history
+history: venv ## Print MODEL's deploy history (who, when, version, sha256, result)
+	$(PY) -m scripts.deploy history --model $(MODEL)
 
 loadtest: venv ## Locust against the running stack (USERS, SPAWN_RATE, DURATION) into reports/; non-zero on any failure
 	$(PY) -m scripts.loadtest --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
@@ -89,6 +103,9 @@ soak: venv ## Long run (DURATION=30m) of good, hostile and slow traffic on a pri
 
 bench: venv ## In-process vs TorchServe vs gateway, default vs baseline (reports/bench.md); SWEEP=1 for the config grid
 	$(PY) -m scripts.bench $(if $(SWEEP),--sweep)
+
+bench-models: archive ## Memory a second model costs and how two models share throughput (reports/models_bench.md)
+	$(PY) -m scripts.models_bench
 
 report: venv ## Re-run the measurements and rewrite the measured sections of REPORT.md
 	$(PY) -m scripts.report

@@ -1,9 +1,9 @@
 """Canary routing: send a share of unpinned predictions to a candidate version.
 
-``scripts/deploy.py`` writes ``{"version": "2.0", "percent": 20}`` to the canary file
-(one atomic rename) and removes it to stop. The gateway checks the file's mtime on every
-request, which costs one ``stat``, and parses it only when it changed, so a canary starts,
-changes or stops without restarting anything.
+Each model has its own canary: ``scripts/deploy.py`` writes ``{"version": "2.0", "percent": 20}``
+to ``<canary dir>/<model>/canary.json`` (one atomic rename) and removes it to stop. The
+gateway checks the file's mtime on every request, which costs one ``stat``, and parses it only
+when it changed, so a canary starts, changes or stops without restarting anything.
 """
 
 from __future__ import annotations
@@ -63,3 +63,24 @@ class CanaryFile:
     def pick(self) -> str | None:
         """The version one unpinned request goes to: the canary's, or None for TorchServe's default."""
         return choose(self.current(), self.rng.random())
+
+
+CANARY_FILE = "canary.json"
+
+
+class Canaries:
+    """One ``CanaryFile`` per model, under ``directory`` (None: no canaries at all)."""
+
+    def __init__(self, directory: Path | None, rng: random.Random | None = None):
+        self.directory = directory
+        self.rng = rng or random.Random()
+        self._files: dict[str, CanaryFile] = {}
+
+    def pick(self, model: str) -> str | None:
+        """The version one unpinned request for ``model`` goes to: its canary's, or None for the default."""
+        if self.directory is None:
+            return None
+        canary = self._files.get(model)
+        if canary is None:
+            canary = self._files[model] = CanaryFile(self.directory / model / CANARY_FILE, self.rng)
+        return canary.pick()

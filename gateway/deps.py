@@ -7,7 +7,7 @@ import secrets
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
-from gateway.canary import CanaryFile
+from gateway.canary import Canaries
 from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -28,8 +28,8 @@ def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-def get_canary(request: Request) -> CanaryFile:
-    return request.app.state.canary
+def get_canaries(request: Request) -> Canaries:
+    return request.app.state.canaries
 
 
 async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.canary import CanaryFile
+from gateway.canary import Canaries
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
@@ -30,13 +30,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="YOLO inspection gateway",
-        description="Upload an image, get defect detections from the YOLO model served by TorchServe.",
+        description="Upload an image, get the predictions of any of the YOLO models TorchServe serves (every task).",
         version="1.0.0",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.canary = CanaryFile(settings.canary_file)
+    app.state.canaries = Canaries(settings.canary_dir)
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(models.router)

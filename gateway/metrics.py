@@ -29,7 +29,7 @@ class GatewayMetrics:
         self.upstream = Histogram(
             "gateway_upstream_duration_seconds",
             "TorchServe round-trip latency",
-            ["model_version"],
+            ["model", "model_version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -38,7 +38,10 @@ class GatewayMetrics:
             "gateway_upload_bytes", "Size of uploaded images", buckets=SIZE_BUCKETS, registry=self.registry
         )
         self.detections = Counter(
-            "gateway_detections", "Detections returned", ["class_name", "model_version"], registry=self.registry
+            "gateway_detections",
+            "Detections returned",
+            ["model", "class_name", "model_version"],
+            registry=self.registry,
         )
         self.cut_uploads = Counter(
             "gateway_cut_uploads",
@@ -49,22 +52,23 @@ class GatewayMetrics:
         self.upstream_retries = Counter(
             "gateway_upstream_retries",
             "Predictions sent to TorchServe a second time because the worker running them died",
+            ["model"],
             registry=self.registry,
         )
         self.predictions = Counter(
             "gateway_predictions",
-            "Successful predictions by the model version that answered",
-            ["model_version"],
+            "Successful predictions by the model and version that answered",
+            ["model", "model_version"],
             registry=self.registry,
         )
 
     def record_prediction(self, body: dict, upstream_s: float) -> None:
-        version = body.get("model", {}).get("version", "unknown")
-        self.upstream.labels(version).observe(upstream_s)
-        self.predictions.labels(version).inc()
+        model, version = body.get("model", {}).get("name", "unknown"), body.get("model", {}).get("version", "unknown")
+        self.upstream.labels(model, version).observe(upstream_s)
+        self.predictions.labels(model, version).inc()
         found = body.get("detections") or body.get("classifications", [])[:1]  # a classifier counts its top class
         for item in found:
-            self.detections.labels(item["class"], version).inc()
+            self.detections.labels(model, item["class"], version).inc()
 
 
 class MetricsMiddleware:

@@ -115,11 +115,12 @@ class BatchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "unavailable"]
-    model: str
+    status: Literal["ok", "unavailable"] = Field(description="whether the default model can answer")
+    model: str = Field(description="the default model (the one /predict serves)")
     version: str | None = None
     workers_ready: int = 0
     reason: str | None = None
+    models: dict[str, int] | None = Field(None, description="READY workers of every served model's default version")
 
 
 class ModelVersion(BaseModel):
@@ -132,9 +133,15 @@ class ModelVersion(BaseModel):
     max_batch_delay_ms: int | None = None
 
 
-class ModelsResponse(BaseModel):
-    model: str
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["yolo"], description="predict with it at /models/{name}/predict")
+    serves_predict: bool = Field(description="whether /predict (without a model name) reaches this model")
     default_version: str | None
     task: Task | None = Field(None, description="the default version's task")
     classes: dict[int, str] | None = Field(None, description="the default version's class names by id")
     versions: list[ModelVersion]
+
+
+class ModelsResponse(BaseModel):
+    default_model: str = Field(description="the model /predict and /predict/batch serve")
+    models: list[ModelInfo]

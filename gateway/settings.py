@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     ts_inference_url: str = Field("http://127.0.0.1:8085", description="TorchServe inference API")
     ts_management_url: str = Field("http://127.0.0.1:8086", description="TorchServe management API (server side only)")
     ts_key_file: Path = Field(Path("var/torchserve/key_file.json"), description="TorchServe's token key file")
-    model_name: str = Field("yolo", description="model name registered in TorchServe")
+    default_model: str = Field("yolo", description="the model /predict serves (every model: /models/NAME/predict)")
     api_keys: str = Field("", description="comma-separated API keys for predict routes; empty turns auth off")
     max_upload_bytes: int = Field(6_553_500, gt=0, description="largest accepted image (TorchServe max_request_size)")
     max_batch_files: int = Field(16, gt=0, description="most files in one /predict/batch request")
@@ -36,7 +36,9 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=0, description="most unread body read and discarded so a client sees an early answer"
     )
     drain_timeout_s: float = Field(10.0, ge=0, description="most time spent discarding an unread body before answering")
-    canary_file: Path | None = Field(None, description="canary state written by scripts/deploy.py (absent: no canary)")
+    canary_dir: Path | None = Field(
+        None, description="per-model canary state written by scripts/deploy.py: DIR/NAME/canary.json (absent: none)"
+    )
 
     @cached_property
     def api_key_set(self) -> frozenset[str]:

@@ -317,17 +317,16 @@ class Run:
         missing = httpx.post(f"{self.gateway_url}/predict?version=9.9", files=self.sample_upload(), timeout=60)
         expect(missing.status_code == 404, f"unknown version: HTTP {missing.status_code} {missing.text[:200]}")
         expect(missing.json()["error"]["code"] == "model_not_found", f"unknown version: {missing.text[:200]}")
-        ts = Management(self.ts)
-        ts.register("2.0")
-        scale = f"{self.ts.management_url}/models/yolo/2.0"
-        try:
-            # Scaled to no worker, as an operator might: TorchServe answers 503 for it.
-            no_workers = {"min_worker": 0, "max_worker": 0, "synchronous": "true"}
-            scaled = ts.call("management", "PUT", scale, params=no_workers)
-            expect(scaled.status_code == 200, f"scaling 2.0 to no worker: {scaled.status_code} {scaled.text}")
-            idle = httpx.post(f"{self.gateway_url}/predict?version=2.0", files=self.sample_upload(), timeout=60)
-        finally:
-            ts.unregister("2.0")
+        with Management(self.ts) as ts:
+            ts.register("2.0")
+            try:
+                # Scaled to no worker, as an operator might: TorchServe answers 503 for it.
+                no_workers = {"min_worker": 0, "max_worker": 0, "synchronous": "true"}
+                scaled = ts.call("PUT", "/2.0", params=no_workers)
+                expect(scaled.status_code == 200, f"scaling 2.0 to no worker: {scaled.status_code} {scaled.text}")
+                idle = httpx.post(f"{self.gateway_url}/predict?version=2.0", files=self.sample_upload(), timeout=60)
+            finally:
+                ts.unregister("2.0")
         expect(idle.status_code == 503, f"version with no worker: HTTP {idle.status_code} {idle.text[:200]}")
         expect(idle.json()["status"] == "error", f"version with no worker: {idle.text[:200]}")
         expect(self.predicts(), "the default version stopped serving")

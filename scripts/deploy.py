@@ -1,17 +1,19 @@
 """Deploy, canary, promote and roll back model versions on a running TorchServe, dropping no request.
 
-Everything goes through the management API: the candidate is registered next to the
+Each model (``--model``) has its own versions, gate, canary, history and cold-start pointer,
+and nothing here touches another model. Everything goes through the management API: the
+candidate is registered next to the
 serving version, smoke-checked and gated on the labelled set its own archive carries
 (``package_mar.sh --gate-data``) through ``/predictions/<name>/<version>``, then made the
 default with ``set-default``, which TorchServe switches atomically, so
 requests in flight finish on the version they started on. The previous version stays
 loaded for an instant rollback. The cold-start pointer (``<name>_current.mar``) follows
 every switch, so a restarted TorchServe comes back on the version last chosen, and each
-action is appended to ``<run_dir>/deploy_history.jsonl``.
+action is appended to ``<run_dir>/models/<name>/deploy_history.jsonl``.
 
 A canary is a candidate that is registered and gated but not made the default: the
 gateway sends ``percent`` % of unpinned ``/predict`` traffic to it, reading
-``<run_dir>/canary.json`` (written here, atomically).
+``<run_dir>/models/<name>/canary.json`` (written here, atomically).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from gateway.canary import Canary
+from gateway.canary import CANARY_FILE, Canary
 from scripts.gate_metrics import gate_spec, load_gate_set, score
 from scripts.package_mar import GATE_DIR, VERSION_RE, sha256sum
 from scripts.stack import Stack, ready_workers, set_current, wait_until
+from scripts.torchserve import TorchServe, TorchServeError
 
 DEFAULT_KEEP = int(os.environ.get("DEPLOY_KEEP", "1"))
 DEFAULT_DRAIN_S = float(os.environ.get("DEPLOY_DRAIN_S", "3"))
@@ -47,12 +50,13 @@ class DeployError(Exception):
 
 
 def history_path(stack: Stack) -> Path:
-    return stack.run_dir / "deploy_history.jsonl"
+    """The model's own deploy history: each model is deployed and rolled back on its own."""
+    return stack.state_dir / stack.model_name / "deploy_history.jsonl"
 
 
 def canary_path(stack: Stack) -> Path:
-    """Same path ``scripts.stack.start_gateway`` hands the gateway as ``GATEWAY_CANARY_FILE``."""
-    return stack.run_dir / "canary.json"
+    """Where the gateway (``GATEWAY_CANARY_DIR``, see ``gateway.canary.Canaries``) reads the model's canary."""
+    return stack.state_dir / stack.model_name / CANARY_FILE
 
 
 def archive_for(stack: Stack, version: str) -> Path:
@@ -60,48 +64,30 @@ def archive_for(stack: Stack, version: str) -> Path:
 
 
 class Management:
-    """Management and inference calls with TorchServe's token auth; a key refused as stale is renewed once."""
+    """What a deploy asks of TorchServe about one model, through the shared client (``scripts.torchserve``)."""
 
     def __init__(self, stack: Stack):
         self.stack = stack
-        self.client = httpx.Client(timeout=httpx.Timeout(60, connect=5))
+        self.ts = TorchServe(stack, timeout=60)
 
-    def _key(self, kind: str) -> str:
+    def __enter__(self) -> Management:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.ts.close()
+
+    def call(self, method: str, suffix: str = "", **kwargs) -> httpx.Response:
         try:
-            return json.loads(self.stack.key_file.read_text())[kind]["key"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DeployError(f"TorchServe is not running for {self.stack.run_dir} (no {self.stack.key_file})") from exc
-
-    def _renew(self, kind: str) -> None:
-        self.client.post(
-            f"{self.stack.management_url}/token",
-            params={"type": kind},
-            headers={"Authorization": f"Bearer {self._key('API')}"},
-        )
-
-    def call(self, kind: str, method: str, url: str, timeout: float = 60, **kwargs) -> httpx.Response:
-        for attempt in range(2):
-            try:
-                response = self.client.request(
-                    method, url, headers={"Authorization": f"Bearer {self._key(kind)}"}, timeout=timeout, **kwargs
-                )
-            except httpx.HTTPError as exc:
-                raise DeployError(f"TorchServe does not answer at {url}: {exc.__class__.__name__}") from exc
-            stale = response.status_code == 401 or "InvalidKeyException" in response.text
-            if not stale or attempt:
-                return response
-            self._renew(kind)
-        raise AssertionError("unreachable")
-
-    def _model_url(self, suffix: str = "") -> str:
-        return f"{self.stack.management_url}/models/{self.stack.model_name}{suffix}"
+            return self.ts.management(method, self.stack.model_name, suffix, **kwargs)
+        except TorchServeError as exc:
+            raise DeployError(f"TorchServe does not answer for {self.stack.run_dir}: {exc}") from exc
 
     def default_version(self) -> str | None:
-        response = self.call("management", "GET", self._model_url())
+        response = self.call("GET")
         return response.json()[0]["modelVersion"] if response.status_code == 200 else None
 
     def loaded_versions(self) -> list[str]:
-        response = self.call("management", "GET", self._model_url("/all"))
+        response = self.call("GET", "/all")
         return [entry["modelVersion"] for entry in response.json()] if response.status_code == 200 else []
 
     def register(self, version: str, timeout: float = 180) -> None:
@@ -114,17 +100,12 @@ class Management:
         whether it is loading or failing; a worker process that dies is restarted with a new pid,
         so a pid that changes before any worker is READY means the archive does not load.
         """
-        response = self.call(
-            "management",
-            "POST",
-            f"{self.stack.management_url}/models",
-            params={
-                "url": archive_for(self.stack, version).name,
-                "model_name": self.stack.model_name,
-                "initial_workers": 1,
-                "synchronous": "false",
-            },
-        )
+        try:
+            response = self.ts.register(
+                url=archive_for(self.stack, version).name, model_name=self.stack.model_name, synchronous="false"
+            )
+        except TorchServeError as exc:
+            raise DeployError(f"TorchServe does not answer for {self.stack.run_dir}: {exc}") from exc
         if response.status_code not in (200, 202):
             raise DeployError(f"TorchServe refused to load {version}: {_message(response)}")
         pids: dict[str, int] = {}
@@ -148,22 +129,24 @@ class Management:
         raise DeployError(f"TorchServe did not get a worker of {version} ready in {timeout:.0f}s")
 
     def workers(self, version: str) -> list[dict]:
-        response = self.call("management", "GET", self._model_url(f"/{version}"))
+        response = self.call("GET", f"/{version}")
         return response.json()[0].get("workers", []) if response.status_code == 200 else []
 
     def set_default(self, version: str) -> None:
-        response = self.call("management", "PUT", self._model_url(f"/{version}/set-default"))
+        response = self.call("PUT", f"/{version}/set-default")
         if response.status_code != 200:
             raise DeployError(f"TorchServe refused to make {version} the default: {_message(response)}")
 
     def unregister(self, version: str) -> None:
-        response = self.call("management", "DELETE", self._model_url(f"/{version}"), timeout=120)
+        response = self.call("DELETE", f"/{version}", timeout=120)
         if response.status_code not in (200, 404):
             raise DeployError(f"TorchServe refused to unload {version}: {_message(response)}")
 
     def predict(self, version: str, image: bytes) -> httpx.Response:
-        url = f"{self.stack.inference_url}/predictions/{self.stack.model_name}/{version}"
-        return self.call("inference", "POST", url, content=image)
+        try:
+            return self.ts.predict(self.stack.model_name, version, image)
+        except TorchServeError as exc:
+            raise DeployError(f"TorchServe does not answer for {self.stack.run_dir}: {exc}") from exc
 
 
 def _message(response: httpx.Response) -> str:
@@ -279,7 +262,7 @@ def record(stack: Stack, action: str, version: str, previous: str | None, result
         "result": result,
         **extra,
     }
-    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    history_path(stack).parent.mkdir(parents=True, exist_ok=True)
     with history_path(stack).open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return entry
@@ -322,6 +305,7 @@ def write_canary(stack: Stack, canary: Canary | None) -> None:
     if canary is None:
         path.unlink(missing_ok=True)
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"version": canary.version, "percent": canary.percent}))
     os.replace(tmp, path)
@@ -339,7 +323,7 @@ def _check_version(version: str) -> None:
         raise DeployError(f"version must look like 1.0 or 2.1.3, got {version!r}")
 
 
-def _load_and_gate(ts: Management, version: str, previous: str, action: str, out, gate: bool = True) -> dict:
+def _load_and_gate(ts: Management, version: str, previous: str | None, action: str, out, gate: bool = True) -> dict:
     """Load ``version`` unless it is, smoke-check and gate it; on failure unload what this call loaded.
 
     Returns what the history records of the gate. An archive without a gate set is refused
@@ -357,7 +341,8 @@ def _load_and_gate(ts: Management, version: str, previous: str, action: str, out
                     "or deploy it ungated with --no-gate"
                 )
             if loaded_now:
-                out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) next to {previous} ...")
+                beside = f"next to {previous}" if previous else f"as the first version of {stack.model_name!r}"
+                out(f"registering {archive.name} (sha256 {sha256sum(archive)[:12]}) {beside} ...")
                 ts.register(version)
             else:
                 wait_until(lambda: ready_workers(stack, version) > 0, f"workers of {version}", 120)
@@ -375,7 +360,8 @@ def _load_and_gate(ts: Management, version: str, previous: str, action: str, out
         if loaded_now and version in ts.loaded_versions():
             ts.unregister(version)
         record(stack, "refused", version, previous, result="refused", attempted=action, reason=str(exc))
-        raise DeployError(f"refused {version}; {previous} keeps serving. {exc}") from exc
+        kept = f"{previous} keeps serving" if previous else f"{stack.model_name!r} is not served"
+        raise DeployError(f"refused {version}; {kept}. {exc}") from exc
     out(f"{version}: quality gate passed ({result['metric']} {result['value']} >= {result['threshold']})")
     return {"gated": True, "gate": result}
 
@@ -418,20 +404,38 @@ def deploy(
     out=print,
     gate: bool = True,
 ) -> str:
-    """Gate ``version`` and make it the default; a no-op when it already is."""
+    """Gate ``version`` and make it the default; a no-op when it already is.
+
+    A model TorchServe does not serve yet gets ``version`` as its first: loaded, gated, and
+    given a cold-start pointer, so ``make up`` serves it from then on.
+    """
     _check_version(version)
-    ts = Management(stack)
-    current = _serving(ts)
-    canary = read_canary(stack)
-    if canary and canary.version != version:
-        raise DeployError(f"a canary of {canary.version} is running; promote it or abort it with rollback.sh first")
-    if current == version and canary is None:
-        set_current(stack, version)
-        out(f"{version} is already the default; nothing to do")
+    with Management(stack) as ts:
+        current = ts.default_version()
+        if current is None:
+            return _first_deploy(ts, version, out, gate)
+        canary = read_canary(stack)
+        if canary and canary.version != version:
+            raise DeployError(f"a canary of {canary.version} is running; promote it or abort it with rollback.sh first")
+        if current == version and canary is None:
+            set_current(stack, version)
+            out(f"{version} is already the default; nothing to do")
+            return version
+        gated = _load_and_gate(ts, version, current, "deploy", out, gate)
+        _switch(ts, version, current, "deploy", keep, drain_s, out, gated)
+        write_canary(stack, None)
         return version
-    gated = _load_and_gate(ts, version, current, "deploy", out, gate)
-    _switch(ts, version, current, "deploy", keep, drain_s, out, gated)
-    write_canary(stack, None)
+
+
+def _first_deploy(ts: Management, version: str, out, gate: bool) -> str:
+    stack = ts.stack
+    gated = _load_and_gate(ts, version, None, "deploy", out, gate)
+    set_current(stack, version)
+    record(stack, "deploy", version, None, **gated)
+    out(
+        f"{stack.model_name} {version} is served at /models/{stack.model_name}/predict; "
+        f"cold start loads {archive_for(stack, version).name}"
+    )
     return version
 
 
@@ -448,43 +452,47 @@ def start_canary(
     _check_version(version)
     if not 0 < percent < 100:
         raise DeployError(f"canary percent must be between 0 and 100 (exclusive), got {percent}")
-    ts = Management(stack)
-    current = _serving(ts)
-    if version == current:
-        raise DeployError(f"{version} is already the default; a canary needs a new version")
-    running = read_canary(stack)
-    if running and running.version != version:
-        raise DeployError(f"a canary of {running.version} is running; promote it or abort it with rollback.sh first")
-    wanted = Canary(version, float(percent))
-    if running == wanted:
-        out(f"canary of {version} at {percent:g}% is already running; nothing to do")
+    with Management(stack) as ts:
+        current = _serving(ts)
+        if version == current:
+            raise DeployError(f"{version} is already the default; a canary needs a new version")
+        running = read_canary(stack)
+        if running and running.version != version:
+            raise DeployError(
+                f"a canary of {running.version} is running; promote it or abort it with rollback.sh first"
+            )
+        wanted = Canary(version, float(percent))
+        if running == wanted:
+            out(f"canary of {version} at {percent:g}% is already running; nothing to do")
+            return wanted
+        gated = _load_and_gate(ts, version, current, "canary", out, gate) if running is None else {}
+        write_canary(stack, wanted)
+        record(stack, "canary", version, current, percent=wanted.percent, **gated)
+        out(f"canary: {percent:g}% of /predict traffic goes to {version}, the rest to {current}")
+        out(f"finish with: scripts/deploy.sh {version} --promote   abort with: scripts/rollback.sh")
         return wanted
-    gated = _load_and_gate(ts, version, current, "canary", out, gate) if running is None else {}
-    write_canary(stack, wanted)
-    record(stack, "canary", version, current, percent=wanted.percent, **gated)
-    out(f"canary: {percent:g}% of /predict traffic goes to {version}, the rest to {current}")
-    out(f"finish with: scripts/deploy.sh {version} --promote   abort with: scripts/rollback.sh")
-    return wanted
 
 
 def promote(stack: Stack, version: str, keep: int = DEFAULT_KEEP, drain_s: float = DEFAULT_DRAIN_S, out=print) -> str:
     """Finish a canary: its version becomes the default and the gateway stops splitting traffic."""
-    ts = Management(stack)
-    current = _serving(ts)
-    canary = read_canary(stack)
-    if canary is None or canary.version != version:
-        if current == version:
-            out(f"{version} is already the default; nothing to do")
-            return version
-        running = f"the running canary is {canary.version}" if canary else "no canary is running"
-        raise DeployError(f"cannot promote {version}: {running} (start one with deploy.sh {version} --canary PERCENT)")
-    ts.set_default(version)
-    write_canary(stack, None)
-    set_current(stack, version)
-    record(stack, "promote", version, current, percent=canary.percent)
-    out(f"{version} promoted to default (was {current}); cold start loads {archive_for(stack, version).name}")
-    unload_extras(ts, version, keep, drain_s, out)
-    return version
+    with Management(stack) as ts:
+        current = _serving(ts)
+        canary = read_canary(stack)
+        if canary is None or canary.version != version:
+            if current == version:
+                out(f"{version} is already the default; nothing to do")
+                return version
+            running = f"the running canary is {canary.version}" if canary else "no canary is running"
+            raise DeployError(
+                f"cannot promote {version}: {running} (start one with deploy.sh {version} --canary PERCENT)"
+            )
+        ts.set_default(version)
+        write_canary(stack, None)
+        set_current(stack, version)
+        record(stack, "promote", version, current, percent=canary.percent)
+        out(f"{version} promoted to default (was {current}); cold start loads {archive_for(stack, version).name}")
+        unload_extras(ts, version, keep, drain_s, out)
+        return version
 
 
 def rollback(
@@ -496,37 +504,37 @@ def rollback(
     gate: bool = True,
 ) -> str:
     """Abort a running canary, or go back to ``version`` (default: the version served before this one)."""
-    ts = Management(stack)
-    current = _serving(ts)
-    canary = read_canary(stack)
-    if canary:
-        write_canary(stack, None)
-        time.sleep(drain_s)  # let requests already sent to the candidate finish
-        if canary.version != current:
-            ts.unregister(canary.version)
-        record(stack, "rollback", current, current, aborted_canary=canary.version)
-        out(f"canary of {canary.version} aborted and unloaded; all traffic on {current}")
-        if version is None or version == current:
-            return current
-    if version is None:
-        version = previous_version(read_history(stack), current)
+    with Management(stack) as ts:
+        current = _serving(ts)
+        canary = read_canary(stack)
+        if canary:
+            write_canary(stack, None)
+            time.sleep(drain_s)  # let requests already sent to the candidate finish
+            if canary.version != current:
+                ts.unregister(canary.version)
+            record(stack, "rollback", current, current, aborted_canary=canary.version)
+            out(f"canary of {canary.version} aborted and unloaded; all traffic on {current}")
+            if version is None or version == current:
+                return current
         if version is None:
-            raise DeployError(
-                f"nothing to roll back to: the deploy history has no version before {current}; "
-                "name one: rollback.sh VERSION"
-            )
-    _check_version(version)
-    if version == current:
-        set_current(stack, version)
-        out(f"{version} is already the default; nothing to do")
+            version = previous_version(read_history(stack), current)
+            if version is None:
+                raise DeployError(
+                    f"nothing to roll back to: the deploy history has no version before {current}; "
+                    "name one: rollback.sh VERSION"
+                )
+        _check_version(version)
+        if version == current:
+            set_current(stack, version)
+            out(f"{version} is already the default; nothing to do")
+            return version
+        if version in ts.loaded_versions():
+            out(f"{version} is still loaded: switching instantly")
+            gated = {}
+        else:
+            gated = _load_and_gate(ts, version, current, "rollback", out, gate)
+        _switch(ts, version, current, "rollback", keep, drain_s, out, gated)
         return version
-    if version in ts.loaded_versions():
-        out(f"{version} is still loaded: switching instantly")
-        gated = {}
-    else:
-        gated = _load_and_gate(ts, version, current, "rollback", out, gate)
-    _switch(ts, version, current, "rollback", keep, drain_s, out, gated)
-    return version
 
 
 def print_history(stack: Stack, out=print) -> None:

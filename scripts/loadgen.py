@@ -28,10 +28,10 @@ class Answer:
 
 
 class Load:
-    """``clients`` threads posting the sample images to ``/predict`` until the ``with`` block ends."""
+    """``clients`` threads posting the images to ``path`` (``/predict``: the default model) until the block ends."""
 
-    def __init__(self, gateway_url: str, images: list[Path], clients: int = 8):
-        self.url = f"{gateway_url}/predict"
+    def __init__(self, gateway_url: str, images: list[Path], clients: int = 8, path: str = "/predict"):
+        self.url = f"{gateway_url}{path}"
         self.images = [(p.name, p.read_bytes()) for p in images]
         self.clients = clients
         self.answers: list[Answer] = []

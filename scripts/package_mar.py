@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = ROOT / "serving"
 VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # also a URL path segment and a folder name
 FORMATS = ("pt", "torchscript", "onnx", "openvino")
 SERVED_TASKS = ("detect", "segment", "pose", "obb", "classify")
 GATE_DIR = "gate"  # where an archive carries its gate set
@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with gate.yaml naming the threshold (see README)",
     )
     parser.add_argument("--gate-threshold", type=float, help="score the gate set must reach (overrides gate.yaml)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes TorchServe runs for this model (default: the config's minWorkers/maxWorkers)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive of the same version")
     return parser.parse_args(argv)
 
@@ -141,8 +146,10 @@ def _keypoint_names(model) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
-def render_config(template: Path, info: WeightsInfo, model_format: str, dest: Path) -> None:
+def render_config(template: Path, info: WeightsInfo, model_format: str, dest: Path, workers: int | None) -> None:
     config = yaml.safe_load(template.read_text())
+    if workers:
+        config["minWorkers"] = config["maxWorkers"] = workers
     handler = config.setdefault("handler", {})
     handler["task"] = info.task
     handler["architecture"] = info.architecture
@@ -231,7 +238,9 @@ def build(args: argparse.Namespace) -> Path:
     if not VERSION_RE.match(args.version):
         raise SystemExit(f"error: version must look like 1.0 or 2.1.3, got {args.version!r}")
     if not NAME_RE.match(args.name):
-        raise SystemExit(f"error: name must be letters, digits, '-' or '_', got {args.name!r}")
+        raise SystemExit(f"error: name must start with a letter, then letters, digits, '-' or '_', got {args.name!r}")
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
     weights = (ROOT / args.weights).resolve() if not os.path.isabs(args.weights) else Path(args.weights)
     if not weights.is_file():
         raise SystemExit(f"error: weights file not found: {args.weights}")
@@ -250,7 +259,7 @@ def build(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         staging = Path(tmp)
         config = staging / "model-config.yaml"
-        render_config((ROOT / args.config).resolve(), info, args.format, config)
+        render_config((ROOT / args.config).resolve(), info, args.format, config, args.workers)
         source = staging / "model.pt"
         shutil.copyfile(weights, source)
         serialized, extras = export_model(source, args.format, info.imgsz, staging)

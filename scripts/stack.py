@@ -1,7 +1,9 @@
 """Start, stop and inspect the local stack: TorchServe plus the FastAPI gateway, as processes.
 
 `make up` / `make down` / `make status` / `make logs` call this; the tests import the same
-functions to start a private stack on free ports. Each process runs in its own session so
+functions to start a private stack on free ports. One TorchServe serves every model that has a
+cold-start pointer (``<name>_current.mar``) in the model store, each on the version last
+deployed; ``model_name`` is the one the gateway's ``/predict`` serves. Each process runs in its own session so
 that stopping it stops everything it spawned (TorchServe's Java frontend and its Python
 workers), and its PID is recorded so `down` never has to guess.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import os
 import signal
 import socket
@@ -24,10 +26,13 @@ from pathlib import Path
 
 import httpx
 
+from scripts.torchserve import TorchServe, TorchServeError
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DEFAULT_STORE = ROOT / "serving" / "model-store"
 BASE_CONFIG = ROOT / "serving" / "config.properties"
+CURRENT_SUFFIX = "_current.mar"
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Stack:
 
     run_dir: Path = ROOT / "var"
     model_store: Path = DEFAULT_STORE
-    model_name: str = "yolo"
+    model_name: str = "yolo"  # the default model, or the one a deploy works on
     host: str = "127.0.0.1"
     inference_port: int = 8085
     management_port: int = 8086
@@ -97,9 +102,19 @@ class Stack:
     def pid_file(self, service: str) -> Path:
         return self.run_dir / f"{service}.pid"
 
-    def current_archive(self) -> Path:
+    def current_archive(self, model: str | None = None) -> Path:
         """The pointer a cold start loads: a symlink to the deployed version's archive."""
-        return self.model_store / f"{self.model_name}_current.mar"
+        return self.model_store / f"{model or self.model_name}{CURRENT_SUFFIX}"
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-model deploy state (``<model>/deploy_history.jsonl``, ``<model>/canary.json``)."""
+        return self.run_dir / "models"
+
+    def served_models(self) -> list[str]:
+        """Every model with a cold-start pointer in the model store: what TorchServe loads when it starts."""
+        pointers = self.model_store.glob(f"*{CURRENT_SUFFIX}")
+        return sorted(p.name[: -len(CURRENT_SUFFIX)] for p in pointers if p.is_symlink())
 
 
 def free_port() -> int:
@@ -152,12 +167,13 @@ def set_current(stack: Stack, version: str) -> Path:
     return pointer
 
 
-def current_version(stack: Stack) -> str | None:
-    pointer = stack.current_archive()
+def current_version(stack: Stack, model: str | None = None) -> str | None:
+    model = model or stack.model_name
+    pointer = stack.current_archive(model)
     if not pointer.is_symlink():
         return None
     name = os.readlink(pointer)
-    prefix = f"{stack.model_name}_v"
+    prefix = f"{model}_v"
     return name[len(prefix) : -len(".mar")] if name.startswith(prefix) else None
 
 
@@ -196,10 +212,11 @@ def _spawn(stack: Stack, service: str, cmd: list[str], cwd: Path, env: dict[str,
 
 
 def start_torchserve(stack: Stack) -> int:
-    """Start TorchServe in the foreground of its own session, loading the current archive."""
+    """Start TorchServe in the foreground of its own session, loading every model's current archive."""
     pointer = stack.current_archive()
     if not pointer.exists():
         raise FileNotFoundError(f"no deployed archive: {pointer} is missing (run scripts/package_mar.sh first)")
+    models = [f"{name}={stack.current_archive(name).name}" for name in stack.served_models()]
     stack.ts_dir.mkdir(parents=True, exist_ok=True)
     tmp = stack.run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -222,7 +239,7 @@ def start_torchserve(stack: Stack) -> int:
         "--ts-config",
         str(config),
         "--models",
-        f"{stack.model_name}={pointer.name}",
+        *models,
     ]
     return _spawn(stack, "torchserve", cmd, stack.ts_dir, env)
 
@@ -233,34 +250,26 @@ def start_gateway(stack: Stack) -> int:
         "GATEWAY_TS_INFERENCE_URL": stack.inference_url,
         "GATEWAY_TS_MANAGEMENT_URL": stack.management_url,
         "GATEWAY_TS_KEY_FILE": str(stack.key_file),
-        "GATEWAY_MODEL_NAME": stack.model_name,
-        "GATEWAY_CANARY_FILE": str(stack.run_dir / "canary.json"),
+        "GATEWAY_DEFAULT_MODEL": stack.model_name,
+        "GATEWAY_CANARY_DIR": str(stack.state_dir),
         **stack.gateway_env,
     }
     cmd = [str(VENV_BIN / "python"), "-m", "gateway.serve", "--host", stack.host, "--port", str(stack.gateway_port)]
     return _spawn(stack, "gateway", cmd, ROOT, env)
 
 
-def management_key(stack: Stack) -> str | None:
+def ready_workers(stack: Stack, version: str | None = None, model: str | None = None) -> int:
+    """How many workers of a model (default: ``stack.model_name``), or of one version, are READY."""
     try:
-        return json.loads(stack.key_file.read_text())["management"]["key"]
-    except (OSError, ValueError, KeyError):
-        return None
+        with TorchServe(stack, timeout=5) as ts:
+            return ts.ready_workers(model or stack.model_name, version)
+    except TorchServeError:
+        return 0
 
 
-def ready_workers(stack: Stack, version: str | None = None) -> int:
-    """How many workers of the model (or of one version) are READY, through the management API."""
-    key = management_key(stack)
-    if key is None:
-        return 0
-    path = f"/models/{stack.model_name}" + (f"/{version}" if version else "")
-    try:
-        response = httpx.get(stack.management_url + path, headers={"Authorization": f"Bearer {key}"}, timeout=5)
-    except httpx.HTTPError:
-        return 0
-    if response.status_code != 200:
-        return 0
-    return sum(w.get("status") == "READY" for model in response.json() for w in model.get("workers", []))
+def all_ready(stack: Stack) -> bool:
+    """Every model the stack serves has a READY worker."""
+    return all(ready_workers(stack, model=name) > 0 for name in stack.served_models())
 
 
 def wait_until(check, what: str, timeout: float, pid: int | None = None, log: Path | None = None) -> None:
@@ -291,8 +300,9 @@ def up(stack: Stack, timeout: float = 180) -> None:
         print(f"torchserve already running (pid {ts_pid})")
     else:
         ts_pid = start_torchserve(stack)
-        print(f"torchserve started (pid {ts_pid}), loading {os.readlink(stack.current_archive())}")
-    wait_until(lambda: ready_workers(stack) > 0, "torchserve", timeout, ts_pid, stack.log_dir / "torchserve.log")
+        loading = ", ".join(os.readlink(stack.current_archive(name)) for name in stack.served_models())
+        print(f"torchserve started (pid {ts_pid}), loading {loading}")
+    wait_until(lambda: all_ready(stack), "torchserve", timeout, ts_pid, stack.log_dir / "torchserve.log")
     gw_pid = recorded_pid(stack, "gateway")
     if gw_pid:
         print(f"gateway already running (pid {gw_pid})")
@@ -354,8 +364,10 @@ def status(stack: Stack) -> int:
         pid = recorded_pid(stack, service)
         print(f"{service:<11} {f'running (pid {pid})' if pid else 'stopped'}")
         healthy &= pid is not None
-    print(f"deployed    {current_version(stack) or 'none'}")
-    print(f"workers     {ready_workers(stack)} ready")
+    for name in stack.served_models():
+        default = " (/predict)" if name == stack.model_name else ""
+        deployed = f"v{current_version(stack, name) or '?'}, {ready_workers(stack, model=name)} workers ready"
+        print(f"model       {name}{default}: {deployed}")
     try:
         health = httpx.get(stack.gateway_url + "/health", timeout=5)
         print(f"health      {health.status_code} {health.text}")
@@ -370,12 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack", description="Run the local TorchServe + gateway stack.")
     parser.add_argument("command", choices=["up", "down", "status", "logs", "set-current"])
     parser.add_argument("version", nargs="?", help="for set-current: the version to point the cold start at")
+    parser.add_argument("--model", default="yolo", help="for set-current: whose cold start (default: %(default)s)")
     args = parser.parse_args(argv)
     stack = Stack()
     if args.command == "up":
         up(stack)
         print(f"\nready: {stack.gateway_url}  (docs: {stack.gateway_url}/docs)")
         print(f"try:   curl -F file=@samples/scratch_01.jpg {stack.gateway_url}/predict")
+        print(f"       curl {stack.gateway_url}/models   (every model; /models/NAME/predict reaches one)")
         return 0
     if args.command == "down":
         down(stack)
@@ -385,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "set-current":
         if not args.version:
             parser.error("set-current needs a version")
-        print(f"cold start now loads {os.readlink(set_current(stack, args.version))}")
+        pointer = set_current(dataclasses.replace(stack, model_name=args.model), args.version)
+        print(f"cold start now loads {os.readlink(pointer)}")
         return 0
     for name in ("torchserve.log", "gateway.log", "torchserve/ts_log.log", "torchserve/model_log.log"):
         path = stack.log_dir / name

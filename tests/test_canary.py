@@ -6,7 +6,7 @@ import json
 import os
 import random
 
-from gateway.canary import Canary, CanaryFile, choose
+from gateway.canary import Canaries, Canary, CanaryFile, choose
 
 
 def test_choose_sends_exactly_the_share_below_percent():
@@ -65,3 +65,12 @@ def test_a_garbled_file_is_ignored_not_fatal(tmp_path):
     assert CanaryFile(path).pick() is None
     path.write_text(json.dumps({"percent": 20}))
     assert CanaryFile(path).pick() is None
+
+
+def test_each_model_has_its_own_canary(tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "canary.json").write_text(json.dumps({"version": "1.1", "percent": 100}))
+    canaries = Canaries(tmp_path)
+    assert canaries.pick("parts") == "1.1"
+    assert canaries.pick("yolo") is None
+    assert Canaries(None).pick("parts") is None

@@ -433,8 +433,8 @@ def test_dashboard_covers_the_required_views():
         "gateway_detections_total",  # per class
     } <= used
     assert any("by (status)" in e for e in exprs)
-    assert any("by (model_version)" in e for e in exprs)
-    assert any("by (class_name)" in e for e in exprs)
+    assert any("by (model, model_version)" in e for e in exprs)
+    assert any("by (model, class_name)" in e for e in exprs)
     for quantile in ("0.5", "0.95", "0.99"):
         assert any(f"histogram_quantile({quantile}, " in e and "gateway_request_duration" in e for e in exprs)
 
@@ -621,3 +621,24 @@ def test_kserve_inferenceservice():
     assert snapshot["modelCount"] == len(snapshot["models"]) == 1
     (versions,) = snapshot["models"].values()
     assert all(re.fullmatch(r"yolo_v[\d.]+\.mar", v["marName"]) for v in versions.values())
+
+
+PER_MODEL = {  # series that carry the model's name, and the label it is under
+    "gateway_predictions_total": "model",
+    "gateway_upstream_duration_seconds_bucket": "model",
+    "gateway_detections_total": "model",
+    "ts_inference_requests_total": "model_name",
+    "ts_queue_latency_microseconds": "model_name",
+    "ts_inference_latency_microseconds": "model_name",
+    "PredictionTime": "ModelName",
+}
+
+
+def test_dashboard_chooses_the_model():
+    dashboard = json.loads((DASHBOARDS / "yolo-serving.json").read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["name"] == "model" and variable["includeAll"] and variable["multi"]
+    assert variable["query"]["query"] == "label_values(gateway_predictions_total, model)"
+    for expr in expressions(dashboard["panels"]):
+        for name in promql_metric_names(expr) & set(PER_MODEL):
+            assert re.search(rf'{name}\{{[^}}]*{PER_MODEL[name]}=~"\$model"', expr), expr

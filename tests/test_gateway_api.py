@@ -80,11 +80,12 @@ def test_metrics_cover_requests_latency_uploads_detections_and_versions(stack, g
     text = httpx.get(f"{stack.gateway_url}/metrics").text
     assert 'gateway_requests_total{method="POST",route="/predict",status="200"}' in text
     assert 'gateway_request_duration_seconds_bucket{le="0.5",route="/predict"}' in text
-    assert 'gateway_upstream_duration_seconds_count{model_version="1.0"}' in text
+    assert 'gateway_upstream_duration_seconds_count{model="yolo",model_version="1.0"}' in text
     assert "gateway_in_flight_requests " in text
     assert "gateway_upload_bytes_count " in text
-    assert f'gateway_detections_total{{class_name="{truth.boxes[0]["class"]}",model_version="1.0"}}' in text
-    assert 'gateway_predictions_total{model_version="1.0"}' in text
+    detected = truth.boxes[0]["class"]
+    assert f'gateway_detections_total{{class_name="{detected}",model="yolo",model_version="1.0"}}' in text
+    assert 'gateway_predictions_total{model="yolo",model_version="1.0"}' in text
 
 
 def test_openapi_documents_the_real_models(stack):
@@ -94,6 +95,10 @@ def test_openapi_documents_the_real_models(stack):
     assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
     assert {p["name"] for p in predict["parameters"]} >= {"conf", "iou", "max_det", "classes", "version", "format"}
     assert {"PredictResponse", "Detection", "ErrorResponse", "BatchResponse"} <= set(spec["components"]["schemas"])
+    assert {"ModelsResponse", "ModelInfo"} <= set(spec["components"]["schemas"])
+    named = spec["paths"]["/models/{model}/predict"]["post"]
+    assert {p["name"] for p in named["parameters"]} >= {"model", "conf", "version", "format"}
+    assert "/models/{model}/predict/batch" in spec["paths"] and "/models/{model}" in spec["paths"]
     assert httpx.get(f"{stack.gateway_url}/docs").status_code == 200
 
 
@@ -120,15 +125,13 @@ def test_upstream_timeout_is_504(extra_gateway, ground_truth):
 
 
 def test_no_ready_worker_is_503_and_health_says_why(stack, ground_truth):
-    from scripts.stack import management_key, ready_workers
+    from scripts.stack import ready_workers
+    from scripts.torchserve import TorchServe
 
     def scale(workers: int) -> None:
-        response = httpx.put(
-            f"{stack.management_url}/models/yolo/1.0",
-            params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-            headers={"Authorization": f"Bearer {management_key(stack)}"},
-            timeout=120,
-        )
+        with TorchServe(stack, timeout=120) as ts:
+            params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+            response = ts.management("PUT", stack.model_name, "/1.0", params=params)
         assert response.status_code in (200, 202), response.text
 
     serving = ready_workers(stack)

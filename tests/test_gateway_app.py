@@ -24,7 +24,12 @@ def is_async(call) -> bool:
 def test_prediction_routes_stay_on_the_event_loop():
     """FastAPI runs a plain ``def`` endpoint or dependency in its thread pool: a hand-off per request."""
     routes = [r for r in predict.router.routes if isinstance(r, APIRoute)]
-    assert {r.path for r in routes} == {"/predict", "/predict/batch"}
+    assert {r.path for r in routes} == {
+        "/predict",
+        "/predict/batch",
+        "/models/{model}/predict",
+        "/models/{model}/predict/batch",
+    }
     for route in routes:
         calls = [route.dependant.call, *dependency_calls(route.dependant)]
         assert len(calls) >= 3, "the endpoint, the API-key check and its header"

@@ -108,8 +108,8 @@ def script(stack: TestStack, name: str, *args: str) -> subprocess.CompletedProce
 
 
 def serving(stack: TestStack) -> tuple[str | None, list[str]]:
-    ts = Management(stack)
-    return ts.default_version(), sorted(ts.loaded_versions())
+    with Management(stack) as ts:
+        return ts.default_version(), sorted(ts.loaded_versions())
 
 
 def test_scripts_explain_themselves():
@@ -218,11 +218,10 @@ def predict_many(stack: TestStack, count: int) -> list[str]:
         return list(pool.map(one, range(count)))
 
 
-def predictions_by_version(stack: TestStack) -> dict[str, float]:
+def predictions_by_version(stack: TestStack, model: str = "yolo") -> dict[str, float]:
     text = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
-    return {
-        v: float(n) for v, n in re.findall(r'^gateway_predictions_total\{model_version="([^"]+)"\} (\S+)', text, re.M)
-    }
+    found = re.findall(rf'^gateway_predictions_total\{{model="{model}",model_version="([^"]+)"\}} (\S+)', text, re.M)
+    return {v: float(n) for v, n in found}
 
 
 @integration

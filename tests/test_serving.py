@@ -25,8 +25,15 @@ def gateway_predict(stack, path, **params) -> httpx.Response:
 
 def test_health_reports_the_served_version(stack):
     body = httpx.get(f"{stack.gateway_url}/health").json()
-    assert body == {"status": "ok", "model": "yolo", "version": "1.0", "workers_ready": body["workers_ready"]}
-    assert body["workers_ready"] >= 1
+    ready = body["workers_ready"]
+    assert body == {
+        "status": "ok",
+        "model": "yolo",
+        "version": "1.0",
+        "workers_ready": ready,
+        "models": {"yolo": ready},
+    }
+    assert ready >= 1
     assert httpx.get(f"{stack.gateway_url}/health/live").json() == {"status": "ok"}
 
 
@@ -106,8 +113,11 @@ def test_pinned_version_and_unknown_version(stack, ground_truth):
 def test_models_lists_versions_without_leaking_keys(stack):
     response = httpx.get(f"{stack.gateway_url}/models")
     assert response.status_code == 200
-    body = response.json()
-    assert body["model"] == "yolo" and body["default_version"] == "1.0"
+    listed = response.json()
+    assert listed["default_model"] == "yolo" and [m["name"] for m in listed["models"]] == ["yolo"]
+    body = httpx.get(f"{stack.gateway_url}/models/yolo").json()
+    assert body == listed["models"][0]
+    assert body["serves_predict"] and body["default_version"] == "1.0" and body["task"] == "detect"
     assert [v["version"] for v in body["versions"]] == ["1.0"]
     keys = json.loads(stack.key_file.read_text())
     assert not any(entry["key"] in response.text for entry in keys.values())

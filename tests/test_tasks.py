@@ -205,7 +205,7 @@ def test_a_parameter_of_another_task_is_a_422_naming_the_task(served, parity_ima
 def test_models_lists_the_task_and_classes(served):
     from ultralytics import YOLO
 
-    body = httpx.get(f"{served.stack.gateway_url}/models", timeout=30).json()
+    body = httpx.get(f"{served.stack.gateway_url}/models/{served.task}", timeout=30).json()
     assert body["task"] == served.task and body["default_version"] == "1.1"
     assert {int(k): v for k, v in body["classes"].items()} == YOLO(str(served.weights)).names
     assert {v["version"]: v["task"] for v in body["versions"]} == {"1.0": served.task, "1.1": served.task}

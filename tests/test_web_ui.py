@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from scripts.stack import management_key, stop_service
+from scripts.deploy import Management, archive_for
+from scripts.stack import stop_service
 from tests.conftest import ROOT, free_port, package
 
 pytestmark = pytest.mark.integration
@@ -194,34 +195,25 @@ def test_pinning_a_version_compares_v1_and_v2(stack, page, ground_truth):
             assert expected["model"]["version"] == version
             assert_page_shows(page, expected)
         versions = page.locator("#compare tbody tr td:first-child").all_inner_texts()
-        assert versions == ["v1.0", "v2.0", "v1.0"]
+        assert versions == ["yolo v1.0", "yolo v2.0", "yolo v1.0"]
         screenshot(page, "web_ui_compare.png")
 
 
 @contextlib.contextmanager
 def second_version(stack, version: str):
     """Load ``version`` next to the default in the session's TorchServe; unload it afterwards if we loaded it."""
-    url = f"{stack.management_url}/models/{stack.model_name}"
-    headers = {"Authorization": f"Bearer {management_key(stack)}"}
-    if httpx.get(f"{url}/{version}", headers=headers, timeout=10).status_code == 200:
-        yield
-        return
-    archive = f"{stack.model_name}_v{version}.mar"
-    if not (stack.model_store / archive).is_file():
-        result = package(stack.model_store, version)
-        assert result.returncode == 0, result.stdout + result.stderr
-    response = httpx.post(
-        f"{stack.management_url}/models",
-        params={"url": archive, "initial_workers": 1, "synchronous": "true"},
-        headers=headers,
-        timeout=180,
-    )
-    assert response.status_code == 200, response.text
-    try:
-        yield
-    finally:
-        response = httpx.delete(f"{url}/{version}", headers=headers, timeout=60)
-        assert response.status_code == 200, response.text
+    with Management(stack) as ts:
+        if version in ts.loaded_versions():
+            yield
+            return
+        if not archive_for(stack, version).is_file():
+            result = package(stack.model_store, version)
+            assert result.returncode == 0, result.stdout + result.stderr
+        ts.register(version)
+        try:
+            yield
+        finally:
+            ts.unregister(version)
 
 
 def test_api_key_is_asked_for_and_remembered(stack, extra_gateway, page, ground_truth):
@@ -247,7 +239,7 @@ def test_backend_down_then_gateway_down(extra_gateway, page, ground_truth):
     nowhere = f"http://127.0.0.1:{free_port()}"
     gateway = extra_gateway(GATEWAY_TS_INFERENCE_URL=nowhere, GATEWAY_TS_MANAGEMENT_URL=nowhere)
     page.goto(gateway.gateway_url)
-    expect(page.locator("#models-status")).to_contain_text("Model versions unavailable")
+    expect(page.locator("#models-status")).to_contain_text("Models unavailable")
     assert upload(page, busiest(ground_truth).path) == "error"
     expect(page.locator("#error")).to_contain_text("Backend unavailable (503 torchserve_unavailable):")
     stop_service(gateway, "gateway")

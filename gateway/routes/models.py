@@ -1,4 +1,8 @@
-"""``GET /models``: the loaded versions and the default, read through the management API."""
+"""``GET /models`` and ``GET /models/{model}``: what TorchServe serves, read through the management API.
+
+Read-only: the management key stays on the server side. Each version's handler reports its
+task and classes, so a client can tell a detector from a classifier before it sends a picture.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,19 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from gateway.deps import get_settings, get_upstream
-from gateway.routes.health import ready_count
-from gateway.schemas import ErrorResponse, ModelsResponse
+from gateway.routes.predict import ModelName
+from gateway.schemas import ErrorResponse, ModelInfo, ModelsResponse
+from gateway.torchserve import ready_count
+from gateway.upstream import TorchServeClient
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorResponse}})
-async def models(request: Request) -> dict:
-    """Read-only: the management key stays on the server side. Each version's handler reports its task."""
-    upstream = get_upstream(request)
-    default = await upstream.describe()
-    every = await upstream.describe(all_versions=True)
+async def model_info(upstream: TorchServeClient, model: str, default_model: str) -> dict:
+    """One model: its versions with their workers and task, and the default version's classes."""
+    default, every = await asyncio.gather(upstream.describe(model), upstream.describe(model, all_versions=True))
     default_version = default[0].get("modelVersion") if default else None
-    metadata = await asyncio.gather(*(upstream.handler_metadata(entry.get("modelVersion")) for entry in every))
+    metadata = await asyncio.gather(*(upstream.handler_metadata(model, entry.get("modelVersion")) for entry in every))
     by_version = {entry.get("modelVersion"): meta for entry, meta in zip(every, metadata, strict=True)}
     versions = [
         {
@@ -37,9 +40,29 @@ async def models(request: Request) -> dict:
     versions.sort(key=lambda v: [int(p) for p in v["version"].split(".")])
     served = by_version.get(default_version, {})
     return {
-        "model": get_settings(request).model_name,
+        "name": model,
+        "serves_predict": model == default_model,
         "default_version": default_version,
         "task": served.get("task"),
         "classes": served.get("classes"),
         "versions": versions,
     }
+
+
+@router.get("/models", response_model=ModelsResponse, responses={503: {"model": ErrorResponse}})
+async def models(request: Request) -> dict:
+    """Every model TorchServe serves, with its versions, task, classes and ready workers."""
+    upstream, default_model = get_upstream(request), get_settings(request).default_model
+    names = await upstream.model_names()
+    described = await asyncio.gather(*(model_info(upstream, name, default_model) for name in names))
+    return {"default_model": default_model, "models": described}
+
+
+@router.get(
+    "/models/{model}",
+    response_model=ModelInfo,
+    responses={404: {"model": ErrorResponse, "description": "no such model"}, 503: {"model": ErrorResponse}},
+)
+async def one_model(request: Request, model: ModelName) -> dict:
+    """One model's versions, task, classes and ready workers; an unknown name is a 404 naming the served ones."""
+    return await model_info(get_upstream(request), model, get_settings(request).default_model)

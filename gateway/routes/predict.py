@@ -1,4 +1,9 @@
-"""``POST /predict`` and ``POST /predict/batch``: multipart in, TorchServe predictions out."""
+"""Predictions: multipart in, TorchServe predictions out, for any model TorchServe serves.
+
+``/models/{model}/predict`` and ``/models/{model}/predict/batch`` reach a model by name;
+``/predict`` and ``/predict/batch`` are the same routes for the default model
+(``GATEWAY_DEFAULT_MODEL``).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,29 @@ import asyncio
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.annotate import annotate
-from gateway.deps import get_canary, get_metrics, get_settings, get_upstream, require_api_key
+from gateway.deps import get_canaries, get_metrics, get_settings, get_upstream, require_api_key
 from gateway.errors import APIError, error_content
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
 from gateway.uploads import UploadedFile, read_files
+from gateway.upstream import UNKNOWN_MODEL
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
 VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"
+MODEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"  # package_mar.py's NAME_RE
+ModelName = Annotated[str, Path(pattern=MODEL_PATTERN, description="a model TorchServe serves (GET /models)")]
 CLASSES_PATTERN = r"^[A-Za-z0-9_\- ]+(,[A-Za-z0-9_\- ]+)*$"
 ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "missing/empty file, unknown form field, not multipart, unknown class",
         401: "API key missing or wrong (when GATEWAY_API_KEYS is set)",
-        404: "the pinned model version is not loaded",
+        404: "no such model (the answer names the served ones), or the pinned version is not loaded",
         413: "upload or image too large",
         415: "not a decodable image",
         422: "bad query parameter, or one the model's task does not take (e.g. top_k on a detector)",
@@ -85,14 +93,17 @@ class PredictParams(InferenceParams):
     format: Literal["json", "image"] = Field("json", description="json, or image for an annotated JPEG")
 
 
-async def predict_one(request: Request, data: bytes, params: InferenceParams) -> tuple[int, dict]:
-    """Forward one image (to the pinned version, else the canary's share or the default); return status and body."""
+async def predict_one(request: Request, model: str, data: bytes, params: InferenceParams) -> tuple[int, dict]:
+    """Forward one image to ``model`` (the pinned version, else its canary's share or its default).
+
+    Returns the status and body to answer with.
+    """
     metrics = get_metrics(request)
     metrics.upload_bytes.observe(len(data))
     started = time.perf_counter()
-    version = params.version or get_canary(request).pick()
+    version = params.version or get_canaries(request).pick(model)
     try:
-        result = await get_upstream(request).predict(data, version, params.upstream_headers())
+        result = await get_upstream(request).predict(model, data, version, params.upstream_headers())
     except APIError as exc:
         return exc.status, error_content(exc.code, exc.message)
     body = result.body
@@ -106,17 +117,43 @@ async def predict_one(request: Request, data: bytes, params: InferenceParams) ->
     return result.status, body
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "the prediction (or an annotated JPEG)"}},
-    openapi_extra=multipart_body("file", many=False),
-    summary="Predict on one image (any task the model has)",
-)
+PREDICT_DOC = {
+    "response_model": PredictResponse,
+    "responses": {
+        **ERRORS,
+        200: {"content": {"image/jpeg": {}}, "description": "the prediction (or an annotated JPEG)"},
+    },
+    "openapi_extra": multipart_body("file", many=False),
+}
+BATCH_DOC = {"response_model": BatchResponse, "responses": ERRORS, "openapi_extra": multipart_body("files", many=True)}
+
+
+@router.post("/models/{model}/predict", summary="Predict with the named model on one image", **PREDICT_DOC)
+async def predict_with(request: Request, model: ModelName, params: Annotated[PredictParams, Query()]) -> Response:
+    return await _predict(request, model, params)
+
+
+@router.post("/predict", summary="Predict with the default model on one image", **PREDICT_DOC)
 async def predict(request: Request, params: Annotated[PredictParams, Query()]) -> Response:
+    return await _predict(request, get_settings(request).default_model, params)
+
+
+@router.post("/models/{model}/predict/batch", summary="Predict with the named model on several images", **BATCH_DOC)
+async def predict_batch_with(
+    request: Request, model: ModelName, params: Annotated[InferenceParams, Query()]
+) -> JSONResponse:
+    return await _predict_batch(request, model, params)
+
+
+@router.post("/predict/batch", summary="Predict with the default model on several images", **BATCH_DOC)
+async def predict_batch(request: Request, params: Annotated[InferenceParams, Query()]) -> JSONResponse:
+    return await _predict_batch(request, get_settings(request).default_model, params)
+
+
+async def _predict(request: Request, model: str, params: PredictParams) -> Response:
     settings = get_settings(request)
     (upload,) = await read_files(request, frozenset({"file"}), settings.max_upload_bytes, max_files=1)
-    status, body = await predict_one(request, upload.data, params)
+    status, body = await predict_one(request, model, upload.data, params)
     if status != 200:
         return JSONResponse(body, status_code=status, headers=_retry_after(status, settings.retry_after_s))
     headers = {"X-Model-Version": body["model"]["version"]}
@@ -125,17 +162,14 @@ async def predict(request: Request, params: Annotated[PredictParams, Query()]) -
     return JSONResponse(body, headers=headers)
 
 
-@router.post(
-    "/predict/batch",
-    response_model=BatchResponse,
-    responses=ERRORS,
-    openapi_extra=multipart_body("files", many=True),
-    summary="Predict on several images, sent to TorchServe concurrently",
-)
-async def predict_batch(request: Request, params: Annotated[InferenceParams, Query()]) -> JSONResponse:
+async def _predict_batch(request: Request, model: str, params: InferenceParams) -> JSONResponse:
+    """Every image is sent to TorchServe at once, so its batching can group them."""
     settings = get_settings(request)
     uploads = await read_files(request, frozenset({"files"}), settings.max_upload_bytes, settings.max_batch_files)
-    answers = await asyncio.gather(*(predict_one(request, upload.data, params) for upload in uploads))
+    answers = await asyncio.gather(*(predict_one(request, model, upload.data, params) for upload in uploads))
+    unknown = next((body for status, body in answers if body.get("error", {}).get("code") == UNKNOWN_MODEL), None)
+    if unknown is not None:
+        return JSONResponse(unknown, status_code=404)
     results = [
         _batch_item(i, upload, status, body)
         for i, (upload, (status, body)) in enumerate(zip(uploads, answers, strict=True))

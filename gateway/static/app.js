@@ -1,4 +1,5 @@
-// Try-the-model page: upload an image, POST it to /predict, draw what the model's task returns:
+// Try-the-model page: choose a model and version, upload an image, POST it to /models/NAME/predict,
+// draw what the model's task returns:
 // boxes, mask outlines (segment), keypoints and skeleton (pose), rotated boxes (obb), a top-k list (classify).
 // Plain browser JavaScript on purpose: no build step, no CDN, works on an offline machine.
 "use strict";
@@ -29,6 +30,7 @@ const ui = {
   confValue: $("conf-value"),
   iou: $("iou"),
   iouValue: $("iou-value"),
+  model: $("model"),
   version: $("version"),
   apiKey: $("api-key"),
   modelsStatus: $("models-status"),
@@ -41,7 +43,7 @@ const ui = {
   compare: $("compare"),
 };
 
-const state = { file: null, photoUrl: null, body: null, controller: null, runs: [], task: null };
+const state = { file: null, photoUrl: null, body: null, controller: null, runs: [], task: null, models: [] };
 
 function setStatus(value) {
   document.body.dataset.state = value;
@@ -77,31 +79,44 @@ async function loadModels() {
   try {
     response = await fetch("models", { headers: apiHeaders() });
   } catch {
-    ui.modelsStatus.textContent = "Gateway unreachable: could not list the model versions.";
+    ui.modelsStatus.textContent = "Gateway unreachable: could not list the models.";
     ui.modelsStatus.className = "bad";
     return;
   }
   if (!response.ok) {
     const { title, message } = await errorOf(response);
-    ui.modelsStatus.textContent = `Model versions unavailable. ${title} ${message}`;
+    ui.modelsStatus.textContent = `Models unavailable. ${title} ${message}`;
     ui.modelsStatus.className = "bad";
     return;
   }
   const body = await response.json();
-  state.task = body.task;
+  state.models = body.models;
+  const chosen = ui.model.value || body.default_model;
+  ui.model.replaceChildren(
+    ...body.models.map((m) => new Option(`${m.name} (${m.task ?? "task unknown"})${m.serves_predict ? " · default" : ""}`, m.name)),
+  );
+  ui.model.value = body.models.some((m) => m.name === chosen) ? chosen : body.default_model;
+  showModel();
+}
+
+// The chosen model's versions and task: the version list, which settings apply, the status line.
+function showModel() {
+  const model = state.models.find((m) => m.name === ui.model.value);
+  if (!model) return;
+  state.task = model.task;
   // A classifier takes no confidence or IoU threshold (the gateway would refuse them with 422).
-  for (const field of document.querySelectorAll(".box-only")) field.hidden = body.task === "classify";
+  for (const field of document.querySelectorAll(".box-only")) field.hidden = model.task === "classify";
   const pinned = ui.version.value;
-  const options = [new Option(`Not pinned (default v${body.default_version ?? "?"})`, "")];
-  for (const v of body.versions) {
+  const options = [new Option(`Not pinned (default v${model.default_version ?? "?"})`, "")];
+  for (const v of model.versions) {
     options.push(new Option(`v${v.version}${v.is_default ? " (default)" : ""}`, v.version));
   }
   ui.version.replaceChildren(...options);
-  ui.version.value = body.versions.some((v) => v.version === pinned) ? pinned : "";
-  const described = body.versions.map(
+  ui.version.value = model.versions.some((v) => v.version === pinned) ? pinned : "";
+  const described = model.versions.map(
     (v) => `v${v.version}${v.is_default ? " (default)" : ""}: ${v.workers_ready} worker${v.workers_ready === 1 ? "" : "s"} ready`,
   );
-  ui.modelsStatus.textContent = `Model ${body.model} (${body.task ?? "task unknown"}) · ${described.join(" · ")}`;
+  ui.modelsStatus.textContent = `Model ${model.name} (${model.task ?? "task unknown"}) · ${described.join(" · ")}`;
   ui.modelsStatus.className = "muted";
 }
 
@@ -130,7 +145,9 @@ async function predict() {
   const started = performance.now();
   let response;
   try {
-    response = await fetch(`predict?${params}`, {
+    // Until the model list has loaded (or when it cannot), the default model answers.
+    const route = ui.model.value ? `models/${encodeURIComponent(ui.model.value)}/predict` : "predict";
+    response = await fetch(`${route}?${params}`, {
       method: "POST",
       body: form,
       headers: apiHeaders(),
@@ -194,7 +211,7 @@ function show(body, roundTrip, params) {
   );
   ui.stage.hidden = false;
   fillTable(items);
-  state.runs.unshift({ version, ...params, count, serverMs, roundTrip });
+  state.runs.unshift({ model: body.model.name, version, ...params, count, serverMs, roundTrip });
   state.runs.length = Math.min(state.runs.length, 10);
   fillCompare();
   draw();
@@ -230,7 +247,7 @@ function fillCompare() {
   const rows = state.runs.map((r) => {
     const row = document.createElement("tr");
     row.append(
-      cell(`v${r.version}`),
+      cell(`${r.model} v${r.version}`),
       cell(r.conf === null ? "—" : Number(r.conf).toFixed(2)),
       cell(r.iou === null ? "—" : Number(r.iou).toFixed(2)),
       cell(String(r.count)),
@@ -386,6 +403,12 @@ function init() {
   });
   bindSlider(ui.conf, ui.confValue);
   bindSlider(ui.iou, ui.iouValue);
+  ui.model.addEventListener("change", () => {
+    ui.version.value = ""; // versions belong to one model
+    clearResult();
+    showModel();
+    predict();
+  });
   ui.version.addEventListener("change", predict);
   new ResizeObserver(draw).observe(ui.photo);
   setStatus("idle");
