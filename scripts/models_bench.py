@@ -41,7 +41,10 @@ def memory(stack: Stack) -> dict[str, tuple[float, float]]:
             name: [w["pid"] for entry in ts.management("GET", name, "/all").json() for w in entry["workers"]]
             for name in ts.model_names()
         }
-    groups = {"frontend (java)": [recorded_pid(stack, "torchserve")], "gateway": [recorded_pid(stack, "gateway")]}
+    launcher = psutil.Process(recorded_pid(stack, "torchserve"))
+    workers = {pid for found in pids.values() for pid in found}
+    frontend = [p.pid for p in [launcher, *launcher.children(recursive=True)] if p.pid not in workers]
+    groups = {"TorchServe frontend (java + launcher)": frontend, "gateway": [recorded_pid(stack, "gateway")]}
     groups.update({f"{name} workers ({len(found)})": found for name, found in pids.items()})
     sizes = {}
     for label, members in groups.items():
