@@ -42,7 +42,7 @@ TS_HOME = "/home/model-server"
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 # Grafana variables in the dashboard's queries: $__rate_interval is at least four scrape
 # intervals (15 s) in Grafana; $__range is the dashboard's time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__range": "1h"}
+GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__range": "1h", "$model": ".*"}  # the model selector on All
 
 
 class CheckFailed(Exception):
