@@ -51,8 +51,9 @@ class GatewayMetrics:
         )
         self.upstream_retries = Counter(
             "gateway_upstream_retries",
-            "Predictions sent to TorchServe a second time because the worker running them died",
-            ["model"],
+            "Predictions sent to TorchServe a second time because the worker running them died: reported "
+            "by TorchServe (worker_died) or dropped unanswered with it (lost_with_worker)",
+            ["model", "reason"],
             registry=self.registry,
         )
         self.predictions = Counter(

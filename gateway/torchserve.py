@@ -203,6 +203,12 @@ class TorchServeAPI:
         return metadata if isinstance(metadata, dict) else {}
 
 
+def worker_pids(description: list[dict]) -> frozenset[int]:
+    """The worker processes in a management API description; a restarted worker has a new pid
+    (its ``startTime`` stays that of the first start)."""
+    return frozenset(w["pid"] for entry in description for w in entry.get("workers", []) if w.get("pid", -1) > 0)
+
+
 def ready_count(description: list[dict]) -> int:
     """READY workers in a management API description (of one version or of several)."""
     return sum(w.get("status") == "READY" for entry in description for w in entry.get("workers", []))

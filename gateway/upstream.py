@@ -3,10 +3,17 @@
 Calls go through the shared ``gateway.torchserve.TorchServeAPI`` (tokens, pooled connections).
 A prediction is idempotent, so one that failed only because the worker running it died
 (killed, out of memory) is sent once more; TorchServe queues it for whichever worker is
-alive or restarted. No other failure is retried, a 4xx never.
+alive or restarted. TorchServe 0.12 reports most such jobs ("Worker died."), but drops
+without an answer the ones its worker thread was still gathering into a batch when the
+process died (``WorkerThread.run`` clears them with ``cleanJobs()`` while its ``req`` is still
+null). Such a request runs into the upstream timeout; it is sent once more only when the
+version's worker pids differ from the ones the gateway knew when it sent the request (it reads
+them once per version before the first request, and again after each worker death), so a
+timeout without a worker death, an overloaded TorchServe for one, is never retried. No other
+failure is retried, a 4xx never.
 
-An unknown model name costs nothing on the way in: TorchServe's own 404 is turned into one
-that names the models it does serve.
+For an unknown model name, TorchServe's own 404 is turned into one that names the models it
+does serve.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import httpx
 from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
-from gateway.torchserve import TorchServeAPI
+from gateway.torchserve import TorchServeAPI, worker_pids
 
 # TorchServe 0.12 answers the jobs of a worker process that died (killed, out of memory) with
 # 507 {"type": "InternalServerException", "message": "Worker died."}; seen by killing workers under load.
@@ -54,6 +61,7 @@ class TorchServeClient:
             refresh_margin_s=settings.token_refresh_margin_s,
             retry_after_s=settings.retry_after_s,
         )
+        self._worker_pids: dict[tuple[str, str | None], frozenset[int]] = {}
 
     async def aclose(self) -> None:
         await self.api.aclose()
@@ -61,10 +69,22 @@ class TorchServeClient:
     async def predict(self, model: str, image: bytes, version: str | None, params: dict[str, str]) -> Prediction:
         headers = {"Content-Type": "application/octet-stream", **{f"X-Yolo-{k}": v for k, v in params.items()}}
         started = time.perf_counter()
-        response = await self.api.predict(model, version, image, headers)
-        if worker_died(response):
-            self.metrics.upstream_retries.labels(model).inc()
+        if (model, version) not in self._worker_pids:
+            await self._read_worker_pids(model, version)
+        sent_to = self._worker_pids.get((model, version))
+        try:
             response = await self.api.predict(model, version, image, headers)
+        except APIError as exc:
+            if exc.code != "upstream_timeout" or sent_to is None:
+                raise
+            if await self._read_worker_pids(model, version) in (sent_to, None):
+                raise
+            self.metrics.upstream_retries.labels(model, "lost_with_worker").inc()
+            response = await self.api.predict(model, version, image, headers)
+        if worker_died(response):
+            self.metrics.upstream_retries.labels(model, "worker_died").inc()
+            response = await self.api.predict(model, version, image, headers)
+            await self._read_worker_pids(model, version)
         upstream_ms = (time.perf_counter() - started) * 1000
         return Prediction(response.status_code, await self._prediction_body(response, model, version), upstream_ms)
 
@@ -94,6 +114,14 @@ class TorchServeClient:
         if response.status_code in (408, 504):
             raise APIError(504, "upstream_timeout", f"TorchServe timed out: {text}")
         raise APIError(502, "inference_failed", f"TorchServe answered {response.status_code}: {text}")
+
+    async def _read_worker_pids(self, model: str, version: str | None) -> frozenset[int] | None:
+        """Read and remember the version's worker pids (a restarted worker has a new one); None for no such version."""
+        response = await self.api.management("GET", model, f"/{version}" if version else "")
+        if response.status_code != 200:
+            return None  # no such model or version: nothing to remember (names come from clients)
+        pids = self._worker_pids[(model, version)] = worker_pids(response.json())
+        return pids
 
     async def model_names(self) -> list[str]:
         return await self.api.model_names()

@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -15,10 +16,13 @@ import httpx
 import pillow_heif
 import psutil
 import pytest
+import yaml
 from PIL import Image
 
+from gateway.torchserve import worker_pids
+from scripts.deploy import Management
 from scripts.stack import ready_workers, recorded_pid, wait_until
-from tests.conftest import assert_finds_ground_truth, assert_valid_contract
+from tests.conftest import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, package
 
 pytestmark = pytest.mark.integration
 pillow_heif.register_heif_opener()
@@ -160,6 +164,44 @@ def test_killing_every_worker_under_load_loses_no_request(stack, ground_truth):
     assert metric(stack.gateway_url, "gateway_upstream_retries_total") > retries_before
     refused = post(stack.gateway_url, b"not an image at all", "text.jpg")
     assert refused.status_code == 415  # a 4xx is answered as is, never retried
+
+
+def test_worker_pids_read_from_a_description():
+    described = [{"workers": [{"id": "9000", "pid": 812}, {"id": "9001", "pid": -1}]}, {"workers": [{"pid": 907}]}]
+    assert worker_pids(described) == {812, 907}
+    assert worker_pids([{"workers": []}]) == frozenset()
+
+
+def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gateway, ground_truth, tmp_path):
+    """TorchServe 0.12 drops, unanswered, the jobs a worker thread is still gathering into a batch when the
+    worker's process dies. A version that waits 3 s to fill a batch holds a lone request in that window; its
+    worker is killed there, and the gateway, seeing the version's worker pid changed, sends it once more when its
+    upstream timeout ends (without that, the client got a 504). The timeout leaves the restarted worker time to load
+    (about 9 s on a 2-core machine) before the second attempt waits out its own 3 s batch window."""
+    config = yaml.safe_load((ROOT / "serving" / "model-config.yaml").read_text())
+    config.update(minWorkers=1, maxWorkers=1, maxBatchDelay=3000)
+    (tmp_path / "slow-batch.yaml").write_text(yaml.safe_dump(config))
+    built = package(
+        stack.model_store, "1.9", WEIGHTS["1.0"], "--format", "pt", "--config", str(tmp_path / "slow-batch.yaml")
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    gateway = extra_gateway(GATEWAY_UPSTREAM_TIMEOUT_S="20")
+    photo = ground_truth[0].path.read_bytes()
+    with Management(stack) as ts:
+        ts.register("1.9")
+        try:
+            (worker,) = ts.workers("1.9")
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                answer = pool.submit(post, gateway.gateway_url, photo, version="1.9")
+                time.sleep(1)  # sent, and waiting in the 3 s batch window
+                psutil.Process(worker["pid"]).kill()
+                response = answer.result()
+        finally:
+            ts.unregister("1.9")
+    assert response.status_code == 200, response.text
+    assert response.json()["model"]["version"] == "1.9"
+    retried = 'gateway_upstream_retries_total{model="yolo",reason="lost_with_worker"}'
+    assert metric(gateway.gateway_url, retried) == 1
 
 
 def phone_photo(fmt: str, truth) -> bytes:
