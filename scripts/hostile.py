@@ -1,7 +1,8 @@
-"""Hostile uploads shared by the tests and the container test: files built to break a server."""
+"""Hostile clients for the tests, the soak and the container test: files and connections that break servers."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import zlib
 
@@ -19,3 +20,26 @@ def png_bomb(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
         + chunk(b"IEND", b"")
     )
+
+
+def trickle(host: str, port: int, head: bytes, drip: bytes, every_s: float, rounds: int) -> bytes | None:
+    """A slow client: send ``head``, then ``drip`` every ``every_s`` for up to ``rounds`` rounds.
+
+    Returns what the server sent before it closed the connection, or None if it never did.
+    """
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(head)
+        sock.settimeout(every_s)
+        reply = b""
+        for _ in range(rounds):
+            try:
+                sock.sendall(drip)
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return reply
+            if not data:
+                return reply
+            reply += data
+    return None

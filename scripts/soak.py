@@ -22,7 +22,6 @@ import io
 import json
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import pillow_heif
 import psutil
 from PIL import Image
 
+from scripts.hostile import trickle as slow_client
 from scripts.loadtest import stack_processes
 from scripts.stack import ROOT, Stack, running
 
@@ -140,22 +140,10 @@ def _post(client: httpx.Client, url: str, kwargs: dict) -> str:
 
 def trickle(host: str, port: int, head: bytes, drip: bytes) -> str:
     """Send ``head``, then ``drip`` every TRICKLE_S until the server answers or closes; say which."""
-    with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(head)
-        sock.settimeout(TRICKLE_S)
-        reply = b""
-        for _ in range(600):
-            try:
-                sock.sendall(drip)
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return reply[9:12].decode() if reply.startswith(b"HTTP/1.1 ") else "closed"
-            if not data:
-                return reply[9:12].decode() if reply.startswith(b"HTTP/1.1 ") else "closed"
-            reply += data
-    return "never cut"
+    reply = slow_client(host, port, head, drip, every_s=TRICKLE_S, rounds=600)
+    if reply is None:
+        return "never cut"
+    return reply[9:12].decode() if reply.startswith(b"HTTP/1.1 ") else "closed"
 
 
 def sample_processes(run_dir: Path) -> dict[str, dict]:

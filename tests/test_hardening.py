@@ -21,6 +21,7 @@ from PIL import Image
 
 from gateway.torchserve import worker_pids
 from scripts.deploy import Management
+from scripts.hostile import trickle as slow_client
 from scripts.stack import ready_workers, recorded_pid, wait_until
 from tests.conftest import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, package
 
@@ -35,23 +36,8 @@ CUT_WITHIN_S = 30  # how long a test waits for a cut before it fails (the config
 
 
 def trickle(host: str, port: int, head: bytes, drip: bytes) -> bytes | None:
-    """Send ``head``, then ``drip`` every half second; the server's reply once it closes, None if it never does."""
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(head)
-        sock.settimeout(0.5)
-        reply = b""
-        for _ in range(CUT_WITHIN_S * 2):
-            try:
-                sock.sendall(drip)
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return reply
-            if not data:
-                return reply
-            reply += data
-    return None
+    """A client that sends ``drip`` every half second; the server's reply once it closes, None if it never does."""
+    return slow_client(host, port, head, drip, every_s=0.5, rounds=CUT_WITHIN_S * 2)
 
 
 def json_body(reply: bytes) -> dict:
