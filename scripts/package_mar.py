@@ -38,7 +38,8 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # also a URL path segmen
 FORMATS = ("pt", "torchscript", "onnx", "openvino")
 SERVED_TASKS = ("detect", "segment", "pose", "obb", "classify")
 GATE_DIR = "gate"  # where an archive carries its gate set
-HANDLER_MODULES = ("yolo_image.py", "yolo_request.py", "yolo_geometry.py", "yolo_tasks.py")  # beside yolo_handler.py
+# beside yolo_handler.py
+HANDLER_MODULES = ("yolo_image.py", "yolo_request.py", "yolo_geometry.py", "yolo_tasks.py", "yolo_runtime.py")
 # Chosen by measurement (scripts/bench.py --sweep, see REPORT.md): OpenVINO is the fastest CPU backend here.
 DEFAULT_FORMAT = "openvino"
 

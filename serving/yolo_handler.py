@@ -21,6 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from yolo_image import RequestError, batch_tensor, decode_image
 from yolo_request import HandlerConfig, error_body, parse_params, request_payload
+from yolo_runtime import RuntimeThreads, load_backend
 from yolo_tasks import Prepared, task_unit
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -39,6 +40,7 @@ class YoloHandler(BaseHandler):
         weights = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
         self.model_info = {"name": context.model_name, "version": self.manifest["model"].get("modelVersion", "")}
         self.backend = load_backend(weights, self.config.threads, self.config.cpu_pinning)
+        self.runtimes = RuntimeThreads(self.backend, weights, self.config)
         self.names = {int(k): str(v) for k, v in self.backend.names.items()}
         self.task = task_unit(self.config)(
             self.config,
@@ -46,9 +48,10 @@ class YoloHandler(BaseHandler):
             end2end=bool(getattr(self.backend, "end2end", False)),
             kpt_shape=getattr(self.backend, "kpt_shape", None),
         )
-        self._forward(np.zeros((1, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
+        for batch in (1, 2):  # both thread counts: the first request of each kind must not pay the warm-up
+            self._forward(np.zeros((batch, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
         logger.info(
-            "YoloHandler ready: %s v%s, task=%s, weights=%s (%s), imgsz=%d, threads=%d, classes=%s",
+            "YoloHandler ready: %s v%s, task=%s, weights=%s (%s), imgsz=%d, threads=%d (lone image: %d), classes=%s",
             self.model_info["name"],
             self.model_info["version"],
             self.task.name,
@@ -56,6 +59,7 @@ class YoloHandler(BaseHandler):
             self.backend.format,
             self.config.imgsz,
             self.config.threads,
+            self.runtimes.lone_threads,
             self.names,
         )
         self.initialized = True
@@ -129,38 +133,6 @@ class YoloHandler(BaseHandler):
         }
 
     def _forward(self, batch: np.ndarray):
+        self.runtimes.use(len(batch))
         with torch.inference_mode():
             return self.backend(torch.from_numpy(batch))
-
-
-def load_backend(weights: str, threads: int, cpu_pinning: bool = False):
-    """Load any Ultralytics export (.pt, TorchScript, ONNX, OpenVINO) on CPU with a fixed thread count.
-
-    Ultralytics resets torch to ``cpu_count - 1`` threads when it picks a device, and builds
-    ONNX Runtime sessions and OpenVINO models with one thread per core. Every runtime is set
-    to ``threads`` here, so the count in the model config is a deliberate choice (workers x
-    threads should match the cores), not a side effect.
-
-    OpenVINO also pins its threads to cores unless told not to, and every worker process
-    picks the same first cores: two 1-thread workers then share one core while the other
-    idles (``openvino-b4-pinned`` in REPORT.md's sweep). ``cpu_pinning`` stays off unless
-    each worker gets cores of its own.
-    """
-    from ultralytics.nn.autobackend import AutoBackend
-
-    backend = AutoBackend(weights, device=torch.device("cpu"), fp16=False, fuse=True, verbose=False)
-    backend.eval()
-    torch.set_num_threads(threads)
-    runtime = backend.backend
-    if backend.format == "onnx":
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        runtime.session = onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
-    elif backend.format == "openvino":
-        # LATENCY as AutoBackend sets it; precision stays the CPU's native one (bf16 on AMX Xeons).
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": cpu_pinning}
-        runtime.ov_compiled_model = runtime.compile_model(weights, config=config)
-    return backend

@@ -38,6 +38,7 @@ class HandlerConfig:
     iou: float = 0.7
     max_det: int = 100
     threads: int = 1
+    lone_threads: int | None = None  # threads for a batch of one image; None: the same as ``threads``
     cpu_pinning: bool = False
     max_pixels: int = 40_000_000
     top_k: int = 5

@@ -11,6 +11,7 @@ import json
 import zipfile
 
 import pytest
+import torch
 import yaml
 from ts.context import Context, RequestProcessor
 
@@ -50,8 +51,8 @@ def load_handler(archive, model_dir) -> YoloHandler:
     return handler
 
 
-def predict_samples(handler: YoloHandler) -> list[dict]:
-    images = sorted(SAMPLES.glob("*.jpg"))
+def predict_samples(handler: YoloHandler, images: list | None = None) -> list[dict]:
+    images = images or sorted(SAMPLES.glob("*.jpg"))
     handler.context.request_processor = [RequestProcessor({}) for _ in images]
     handler.context.request_ids = {i: f"req-{i}" for i in range(len(images))}
     rows = [{"body": path.read_bytes()} for path in images]
@@ -117,3 +118,26 @@ def test_runtime_runs_the_configured_threads_unpinned(fmt, format_store, tmp_pat
         compiled = runtime.ov_compiled_model
         assert compiled.get_property("INFERENCE_NUM_THREADS") == handler.config.threads
         assert compiled.get_property("ENABLE_CPU_PINNING") is handler.config.cpu_pinning is False
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_lone_image_runs_on_the_lone_threads_with_the_same_answer(fmt, format_store, tmp_path):
+    """A batch of one runs on handler.lone_threads (the idle cores), a fuller batch on handler.threads: same boxes."""
+    handler = load_handler(format_store / f"yolo_v1.{FORMATS.index(fmt)}.mar", tmp_path)
+    assert handler.config.lone_threads > handler.config.threads
+
+    def threads_in_use() -> int:
+        runtime = handler.backend.backend
+        if fmt == "onnx":
+            return runtime.session.get_session_options().intra_op_num_threads
+        if fmt == "openvino":
+            return runtime.ov_compiled_model.get_property("INFERENCE_NUM_THREADS")
+        return torch.get_num_threads()
+
+    images = sorted(SAMPLES.glob("*.jpg"))
+    lone = predict_samples(handler, [SAMPLES / "mixed_01.jpg"])[0]
+    assert threads_in_use() == handler.config.lone_threads and lone["detections"]
+    batched = predict_samples(handler, images)[images.index(SAMPLES / "mixed_01.jpg")]
+    assert threads_in_use() == handler.config.threads
+    assert matched_pairs(lone["detections"], batched["detections"], handler.config.conf) == len(batched["detections"])
+    assert matched_pairs(batched["detections"], lone["detections"], handler.config.conf) == len(lone["detections"])
