@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from yolo_image import RequestError, batch_tensor, decode_image
+from yolo_image import RequestError, batch_tensor, decode_upload
 from yolo_request import HandlerConfig, error_body, parse_params, request_payload
 from yolo_runtime import RuntimeThreads, load_backend
 from yolo_tasks import Prepared, task_unit
@@ -41,6 +41,9 @@ class YoloHandler(BaseHandler):
         self.model_info = {"name": context.model_name, "version": self.manifest["model"].get("modelVersion", "")}
         self.backend = load_backend(weights, self.config.threads, self.config.cpu_pinning)
         self.runtimes = RuntimeThreads(self.backend, weights, self.config)
+        # Eager .pt archives decode at full size: they answer exactly as YOLO(weights).predict does.
+        reduced = self.config.reduced_decode and self.backend.format != "pt"
+        self.reduce_to = self.config.imgsz if reduced else 0
         self.names = {int(k): str(v) for k, v in self.backend.names.items()}
         self.task = task_unit(self.config)(
             self.config,
@@ -70,7 +73,10 @@ class YoloHandler(BaseHandler):
             started = time.perf_counter()
             try:
                 params = parse_params(self.context.get_all_request_header(idx) or {}, self.config, self.names)
-                prepared = self.task.prepare(decode_image(request_payload(row), self.config.max_pixels))
+                decoded = decode_upload(
+                    request_payload(row), self.config.max_pixels, self.reduce_to, self.task.kept_side
+                )
+                prepared = self.task.prepare(decoded.rgb, (decoded.width, decoded.height))
                 items.append(Prepared(prepared, params, (time.perf_counter() - started) * 1000))
             except RequestError as err:
                 items.append(err)

@@ -40,6 +40,7 @@ class HandlerConfig:
     threads: int = 1
     lone_threads: int | None = None  # threads for a batch of one image; None: the same as ``threads``
     cpu_pinning: bool = False
+    reduced_decode: bool = False  # JPEGs decoded at the smallest DCT scale the model's resize allows (not for .pt)
     max_pixels: int = 40_000_000
     top_k: int = 5
     kpt_names: tuple[str, ...] | None = None

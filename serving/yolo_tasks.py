@@ -57,6 +57,7 @@ class DetectTask:
 
     name = "detect"
     rotated = False
+    kept_side = max  # the side a reduced decode keeps >= imgsz: the letterbox scales the long side to it
 
     def __init__(self, config: HandlerConfig, names: dict[int, str], end2end: bool, kpt_shape=None):
         self.config = config
@@ -64,8 +65,9 @@ class DetectTask:
         self.end2end = end2end
         self.kpt_shape = tuple(kpt_shape) if kpt_shape else None
 
-    def prepare(self, rgb: np.ndarray) -> Input:
-        canvas, box = letterbox(rgb, self.config.imgsz)
+    def prepare(self, rgb: np.ndarray, original: tuple[int, int] | None = None) -> Input:
+        """The model input for ``rgb``, which stands for an upright original of ``original`` (width, height)."""
+        canvas, box = letterbox(rgb, self.config.imgsz, original=original)
         return Input(canvas, box.width, box.height, box)
 
     def split(self, raw) -> list:
@@ -205,11 +207,12 @@ class RTDETRTask(DetectTask):
     """
 
     name = "detect"
+    kept_side = min  # stretched: both sides must stay >= imgsz
 
-    def prepare(self, rgb: np.ndarray) -> Input:
+    def prepare(self, rgb: np.ndarray, original: tuple[int, int] | None = None) -> Input:
         size = self.config.imgsz
-        height, width = rgb.shape[:2]
-        square = (width, height) == (size, size)
+        width, height = original or (rgb.shape[1], rgb.shape[0])
+        square = rgb.shape[:2] == (size, size)
         canvas = rgb if square else cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
         return Input(canvas, width, height, None)
 
@@ -231,15 +234,17 @@ class ClassifyTask(DetectTask):
     """Whole-image classes: Ultralytics' resize-short-side and centre crop, then the top-k probabilities."""
 
     name = "classify"
+    kept_side = min  # the short side is resized to imgsz, then centre-cropped
 
-    def prepare(self, rgb: np.ndarray) -> Input:
+    def prepare(self, rgb: np.ndarray, original: tuple[int, int] | None = None) -> Input:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         size = self.config.imgsz
         image = F.resize(Image.fromarray(rgb), size, interpolation=InterpolationMode.BILINEAR)
         canvas = np.asarray(F.center_crop(image, [size, size]))
-        return Input(canvas, rgb.shape[1], rgb.shape[0], None)
+        width, height = original or (rgb.shape[1], rgb.shape[0])
+        return Input(canvas, width, height, None)
 
     def split(self, raw) -> list:
         probs = raw[0] if isinstance(raw, (list, tuple)) else raw

@@ -14,6 +14,8 @@ from yolo_image import (
     RequestError,
     batch_tensor,
     decode_image,
+    decode_upload,
+    jpeg_scale,
     letterbox,
 )
 
@@ -144,3 +146,42 @@ def test_batch_tensor_is_nchw_scaled_to_unit_range():
     assert batch.shape == (2, 3, 64, 96) and batch.dtype == np.float32 and batch.flags.c_contiguous
     for row, image in enumerate(images):
         np.testing.assert_array_equal(batch[row], image.transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize(
+    ("size", "reduce_to", "side", "scale"),
+    [
+        ((640, 480), 320, max, 2),  # our samples for our 320 px model: decoded at 320x240, no resize left
+        ((1920, 1080), 320, max, 4),  # 480x270: an eighth (240x135) would be smaller than the model's input
+        ((4000, 3000), 320, max, 8),
+        ((641, 480), 320, max, 2),
+        ((639, 480), 320, max, 1),  # half would be 319 px: never decode below the model's input
+        ((640, 480), 224, min, 2),  # classify: the short side (240) stays >= 224
+        ((640, 480), 320, min, 1),
+        ((640, 480), 0, max, 1),  # reduction off
+    ],
+)
+def test_jpeg_scale_never_goes_below_the_models_input(size, reduce_to, side, scale):
+    assert jpeg_scale(*size, reduce_to, side) == scale
+
+
+def test_reduced_jpeg_decode_keeps_the_originals_size_and_letterboxes_like_a_full_decode():
+    data = encode(gradient(640, 480), "JPEG", quality=95)
+    reduced = decode_upload(data, MAX_PIXELS, reduce_to=320)
+    assert reduced.rgb.shape == (240, 320, 3) and (reduced.width, reduced.height) == (640, 480)
+    canvas, box = letterbox(reduced.rgb, 320, original=(reduced.width, reduced.height))
+    full_canvas, full_box = letterbox(decode_image(data, MAX_PIXELS), 320)
+    assert canvas.shape == full_canvas.shape and box == full_box
+    assert np.abs(canvas.astype(int) - full_canvas.astype(int)).mean() < 2  # the same picture, a pixel's rounding
+
+
+def test_reduced_decode_of_a_turned_jpeg_reports_the_upright_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    decoded = decode_upload(encode(gradient(640, 480), "JPEG", exif=exif.tobytes()), MAX_PIXELS, reduce_to=320)
+    assert decoded.rgb.shape == (320, 240, 3) and (decoded.width, decoded.height) == (480, 640)
+
+
+def test_reduced_decode_leaves_other_formats_at_full_size():
+    decoded = decode_upload(encode(gradient(640, 480), "PNG"), MAX_PIXELS, reduce_to=320)
+    assert decoded.rgb.shape == (480, 640, 3) and (decoded.width, decoded.height) == (640, 480)
