@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_served_v1_scores_like_its_weights(stack, tmp_path):
-    """Same held-out images through the gateway (OpenVINO archive) and through Ultralytics on the .pt."""
+    """Same held-out images through the gateway (OpenVINO, reduced JPEG decode) and through Ultralytics on the .pt."""
     record = json.loads((WEIGHTS["1.0"].parent / "training.json").read_text())
     counts = {"train": 0, "val": 0, "test": 60}
     data = train.ensure_dataset(record["seed"], counts, tuple(record["dataset"]["size"]), root=tmp_path)
@@ -29,4 +29,4 @@ def test_served_v1_scores_like_its_weights(stack, tmp_path):
     served_metrics = evaluate.score(items, served, names)["overall"]
     local_metrics = evaluate.score(items, local, names)["overall"]
     for key in ("mAP50", "mAP50-95"):
-        assert served_metrics[key] == pytest.approx(local_metrics[key], abs=0.02), (served_metrics, local_metrics)
+        assert served_metrics[key] == pytest.approx(local_metrics[key], abs=0.01), (served_metrics, local_metrics)
