@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PEERS_VENV := .venv-peers
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -101,8 +102,15 @@ loadtest: venv ## Locust against the running stack (USERS, SPAWN_RATE, DURATION)
 soak: venv ## Long run (DURATION=30m) of good, hostile and slow traffic on a private stack; memory and fds (reports/soak.md)
 	$(PY) -m scripts.soak --duration $(if $(filter command line environment,$(origin DURATION)),$(DURATION),30m)
 
-bench: venv ## In-process vs TorchServe vs gateway, default vs baseline (reports/bench.md); SWEEP=1 for the config grid
+bench: venv $(PEERS_VENV)/.installed ## In-process vs TorchServe vs gateway vs peers (FastAPI, LitServe), default vs baseline (reports/bench.md); SWEEP=1 for the config grid
 	$(PY) -m scripts.bench $(if $(SWEEP),--sweep)
+
+# The peers' venv (scripts/peers.py): sees .venv's site-packages through a .pth file, adds LitServe and uvicorn[standard]
+$(PEERS_VENV)/.installed: requirements-peers.txt $(VENV)/.installed
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PY) -c 'import site; print(site.getsitepackages()[0])' > "$$($(PEERS_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/main-venv.pth"
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-peers.txt
+	@touch $@
 
 bench-models: archive ## Memory a second model costs and how two models share throughput (reports/models_bench.md)
 	$(PY) -m scripts.models_bench

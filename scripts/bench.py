@@ -10,7 +10,10 @@ same sample images are sent:
   (c) the gateway: ``POST /predict`` multipart, as users call it;
 
 each at concurrency 1 and at saturation (``--concurrency`` clients, or batches of that
-many images in-process), for ``--seconds`` each after a warm-up. The default
+many images in-process), for ``--seconds`` each after a warm-up. Then, with the same load
+generator and bodies, the peers a user might pick instead (scripts/peers.py: a plain FastAPI
+app, LitServe with dynamic batching, FastAPI on the eager .pt) on the default archive's own
+OpenVINO model and image size, each in its own process tree. The default
 configuration (serving/model-config.yaml and package_mar's default format) and the
 baseline (eager .pt, batch size 1, one worker) run in the same invocation, so their
 ratios come from one machine state. ``--sweep`` measures the grid the default was
@@ -29,7 +32,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,7 +41,8 @@ import yaml
 
 from scripts.loadtest import MemorySampler, stack_processes
 from scripts.package_mar import DEFAULT_FORMAT
-from scripts.stack import ROOT, Stack, running
+from scripts.peers import PEERS, PeerProcess, ensure_peers_venv, peer_model
+from scripts.stack import ROOT, Stack, free_port, running
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 TEMPLATE = ROOT / "serving" / "model-config.yaml"
@@ -56,13 +60,17 @@ class Config:
     workers: int
     threads: int
     cpu_pinning: bool = False
+    lone_threads: int | None = None  # threads for a batch of one (None: ``threads``)
+    reduced_decode: bool = False
 
     @property
     def label(self) -> str:
         pinned = ", pinned" if self.cpu_pinning else ""
+        lone = f", lone image x {self.lone_threads}" if self.lone_threads and self.lone_threads != self.threads else ""
+        reduced = ", reduced decode" if self.reduced_decode and self.format != "pt" else ""
         return (
             f"{self.format}, batch {self.batch_size}/{self.max_delay_ms} ms, "
-            f"{self.workers} worker(s) x {self.threads} thread(s){pinned}"
+            f"{self.workers} worker(s) x {self.threads} thread(s){lone}{pinned}{reduced}"
         )
 
 
@@ -76,6 +84,8 @@ def default_config() -> Config:
         template["maxWorkers"],
         template["handler"]["threads"],
         template["handler"].get("cpu_pinning", False),
+        template["handler"].get("lone_threads"),
+        template["handler"].get("reduced_decode", False),
     )
 
 
@@ -83,12 +93,19 @@ BASELINE = Config("baseline", "pt", 1, 0, 1, CORES)
 
 
 def sweep_configs() -> list[Config]:
-    """The grid the default was chosen from: format, then batching, then workers x threads."""
+    """The grid the default was chosen from: format, batching, workers x threads, then each of the default's levers."""
+    default = default_config()
     grid = [Config(f"{fmt}-b4", fmt, 4, 5, CORES, 1) for fmt in ("pt", "onnx", "openvino")]
     grid += [Config(f"openvino-b{b}", "openvino", b, d, CORES, 1) for b, d in ((1, 0), (2, 5), (8, 10))]
     grid += [
         Config("openvino-b4-1w", "openvino", 4, 5, 1, CORES),
         Config("openvino-b4-pinned", "openvino", 4, 5, CORES, 1, cpu_pinning=True),
+    ]
+    grid += [  # the default, then the default less one lever at a time
+        replace(default, name="default"),
+        replace(default, name="default-delay-5ms", max_delay_ms=5),
+        replace(default, name="default-no-lone-threads", lone_threads=None),
+        replace(default, name="default-full-decode", reduced_decode=False),
     ]
     return grid
 
@@ -161,6 +178,33 @@ def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Resu
     return Result(images, elapsed, latencies, 0, {"in-process": time.process_time() - cpu_started})
 
 
+def bare_inference(model_file: Path, imgsz: int, batch: int, threads: int, seconds: float) -> Result:
+    """The forward pass alone, as a worker runs it (our runtime, its thread count, batches of ``batch``).
+
+    The floor under every server of this model: whatever a request costs beyond it is serving overhead.
+    """
+    import torch
+
+    sys.path.insert(0, str(ROOT / "serving"))
+    from yolo_image import batch_tensor, decode_image, letterbox
+    from yolo_runtime import load_backend
+
+    backend = load_backend(str(model_file), threads)
+    canvases = [letterbox(decode_image(p.read_bytes(), 10**8), imgsz)[0] for p in SAMPLES]
+    inputs = torch.from_numpy(batch_tensor([canvases[i % len(canvases)] for i in range(batch)]))
+    with torch.inference_mode():
+        for _ in range(3):
+            backend(inputs)
+        latencies, images, started, cpu_started = [], 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < seconds:
+            t0 = time.perf_counter()
+            backend(inputs)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            images += batch
+    elapsed = time.perf_counter() - started
+    return Result(images, elapsed, latencies, 0, {"inference": time.process_time() - cpu_started})
+
+
 def multipart(name: str, data: bytes) -> bytes:
     head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
     return head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -223,6 +267,8 @@ def package(config: Config, weights: Path, store: Path) -> Path:
     )
     template["handler"]["threads"] = config.threads
     template["handler"]["cpu_pinning"] = config.cpu_pinning
+    template["handler"]["lone_threads"] = config.lone_threads
+    template["handler"]["reduced_decode"] = config.reduced_decode
     model_config = store / f"{config.name}.yaml"
     model_config.write_text(yaml.safe_dump(template, sort_keys=False))
     cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights), "--version", "1.0"]
@@ -233,8 +279,8 @@ def package(config: Config, weights: Path, store: Path) -> Path:
     return store / "yolo_v1.0.mar"
 
 
-def measure_in_process(archive: Path, work: Path, args: argparse.Namespace) -> dict:
-    """Run (a) in a fresh interpreter on the model file inside the archive."""
+def measure_in_process(archive: Path, work: Path, config: Config, args: argparse.Namespace) -> dict:
+    """Run (a), and the bare forward pass at the configuration's batch size, in a fresh interpreter."""
     model_dir = work / "unpacked"
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(model_dir)
@@ -243,13 +289,14 @@ def measure_in_process(archive: Path, work: Path, args: argparse.Namespace) -> d
     model_file = model_dir / manifest["model"]["serializedFile"]
     cmd = [sys.executable, "-m", "scripts.bench", "--in-process", str(model_file), "--imgsz", str(imgsz)]
     cmd += ["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)]
+    cmd += ["--bare-batch", str(config.batch_size), "--bare-threads", str(config.threads)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
     if result.returncode:
         raise SystemExit(f"in-process run failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: bool) -> dict:
+def measure_served(archive: Path, work: Path, args: argparse.Namespace) -> dict:
     """Start a private stack on free ports, load it through (b) and (c), sample memory, stop it."""
     stack = Stack.private(work / "run", archive.parent)
     images = [(p.name, p.read_bytes()) for p in SAMPLES]
@@ -266,7 +313,7 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: b
         }
         for url, bodies, headers in paths.values():
             http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
-        levels = [("saturation", args.concurrency)] if quick else [("c1", 1), ("saturation", args.concurrency)]
+        levels = [("c1", 1), ("saturation", args.concurrency)]
         with MemorySampler(stack.run_dir, interval=0.5) as sampler:
             for level, concurrency in levels:
                 for path, (url, bodies, headers) in paths.items():
@@ -278,7 +325,37 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace, quick: b
     return out
 
 
-def run_config(config: Config, args: argparse.Namespace, quick: bool = False) -> dict:
+def measure_peers(work: Path, args: argparse.Namespace) -> dict:
+    """Each peer on a free port: wait until it answers, warm up, c1 and saturation with its CPU, stop it."""
+    bodies = [multipart(p.name, p.read_bytes()) for p in SAMPLES]
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    load_generator = psutil.Process()
+
+    def own_cpu() -> float:
+        times = load_generator.cpu_times()
+        return times.user + times.system
+
+    out = {}
+    for peer in PEERS:
+        model, imgsz = peer_model(peer, work / "unpacked", work / "peer", args.weights.resolve())
+        print(f"== peer {peer}: {model.name}, imgsz {imgsz}", flush=True)
+        kind = peer.removesuffix("-pt")
+        with PeerProcess(kind, model, imgsz, free_port(), work / f"peer-{peer}.log") as server:
+            server.wait_ready()
+            url = server.url + "/predict"
+            http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
+            entry = {"model": str(model.name), "imgsz": imgsz}
+            for level, concurrency in (("c1", 1), ("saturation", args.concurrency)):
+                before = server.cpu_seconds(), own_cpu()
+                result = http_load(url, bodies, headers, concurrency, args.seconds)
+                result.cpu_s = {"peer": server.cpu_seconds() - before[0], "load generator": own_cpu() - before[1]}
+                entry[level] = result.summary()
+        print(json.dumps({peer: entry}), flush=True)
+        out[peer] = entry
+    return out
+
+
+def run_config(config: Config, args: argparse.Namespace, in_process: bool = True, peers: bool = False) -> dict:
     print(f"== {config.name}: {config.label}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"bench-{config.name}-") as tmp:
         work = Path(tmp)
@@ -286,10 +363,12 @@ def run_config(config: Config, args: argparse.Namespace, quick: bool = False) ->
         store.mkdir()
         archive = package(config, args.weights.resolve(), store)
         entry = {"config": asdict(config), "label": config.label}
-        if not quick:
-            entry["in_process"] = measure_in_process(archive, work, args)
-        entry.update(measure_served(archive, work, args, quick))
-    print(json.dumps({k: v for k, v in entry.items() if k not in ("config", "memory")}), flush=True)
+        if in_process:
+            entry["in_process"] = measure_in_process(archive, work, config, args)
+        entry.update(measure_served(archive, work, args))
+        if peers:
+            entry["peers"] = measure_peers(work, args)
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("config", "memory", "peers")}), flush=True)
     return entry
 
 
@@ -307,6 +386,44 @@ def ratios(entry: dict) -> dict:
         "gateway_over_in_process_saturation": ratio(c["saturation"]["images_per_s"], a["saturation"]["images_per_s"]),
         "gateway_p50_overhead_ms_c1": round(c["c1"]["p50_ms"] - b["c1"]["p50_ms"], 2),
     }
+
+
+def peer_ratios(ours: dict, peers: dict) -> dict:
+    """Ours (the gateway path of the default configuration) against the best peer at each level."""
+    best_c1 = min(peer["c1"]["p50_ms"] for peer in peers.values())
+    best_saturation = max(peer["saturation"]["images_per_s"] for peer in peers.values())
+    return {
+        "ours_p50_over_best_peer_c1": ratio(ours["c1"]["p50_ms"], best_c1),
+        "ours_over_best_peer_saturation": ratio(ours["saturation"]["images_per_s"], best_saturation),
+    }
+
+
+def server_cpu(summary: dict) -> float:
+    """CPU per image of every serving process (all roles but the load generator)."""
+    return sum(v for role, v in summary["cpu_ms_per_image"].items() if role != "load generator")
+
+
+def peers_table(entry: dict) -> list[str]:
+    """Ours vs peers: the same load generator, bodies and model file, one after the other."""
+    lines = [
+        "Ours vs peers (ours = the gateway path of the default configuration; each peer serves the same "
+        "OpenVINO model from the default archive, `-pt` the eager weights; scripts/peers.py). CPU per image at "
+        "saturation, server process tree and load generator:",
+        "",
+        "| server | c1 p50 ms | c1 img/s | saturation img/s | saturation p50 ms | errors | "
+        "server CPU ms/img | load gen. CPU ms/img |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = {"ours (gateway)": entry["gateway"], **entry["peers"]}
+    for name, row in rows.items():
+        c1, sat = row["c1"], row["saturation"]
+        cpu = sat["cpu_ms_per_image"]
+        lines.append(
+            f"| {name} | {c1['p50_ms']:.1f} | {c1['images_per_s']:.1f} | {sat['images_per_s']:.1f} | "
+            f"{sat['p50_ms']:.1f} | {c1['errors'] + sat['errors']} | {server_cpu(sat):.2f} | "
+            f"{cpu.get('load generator', float('nan')):.2f} |"
+        )
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -335,6 +452,9 @@ def markdown(report: dict) -> str:
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in report["ratios"].items()]
     lines += ["", *cpu_table(report["runs"])]
+    for entry in report["runs"]:
+        if entry.get("peers"):
+            lines += ["", *peers_table(entry)]
     lines += ["", "| config | role | processes | peak RSS MiB | growth MiB |", "|---|---|---|---|---|"]
     for entry in report["runs"]:
         for role, mem in entry.get("memory", {}).items():
@@ -363,6 +483,13 @@ def cpu_table(runs: list[dict]) -> list[str]:
             cells = [f"{cpu[role]:.2f}" if role in cpu else "-" for role in roles]
             total = sum(cpu.values())
             lines.append(f"| {entry['config']['name']} | {path} | " + " | ".join(cells) + f" | {total:.2f} |")
+        bare = entry.get("in_process", {}).get("bare_inference")
+        if bare:
+            lines.append(
+                f"| {entry['config']['name']} | bare inference (batch {bare['batch']}, {bare['threads']} thread(s)) | "
+                + " | ".join(["-"] * len(roles))
+                + f" | {bare['cpu_ms_per_image']['inference']:.2f} |"
+            )
     return lines
 
 
@@ -380,6 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reports", type=Path, default=ROOT / "reports")
     parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--imgsz", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-threads", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -387,14 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.in_process:
         levels = {"c1": 1, "saturation": args.concurrency}
-        print(
-            json.dumps(
-                {
-                    level: in_process(args.in_process, args.imgsz, batch, args.seconds).summary()
-                    for level, batch in levels.items()
-                }
-            )
-        )
+        out = {
+            level: in_process(args.in_process, args.imgsz, batch, args.seconds).summary()
+            for level, batch in levels.items()
+        }
+        bare = bare_inference(args.in_process, args.imgsz, args.bare_batch, args.bare_threads, args.seconds)
+        out["bare_inference"] = {**bare.summary(), "batch": args.bare_batch, "threads": args.bare_threads}
+        print(json.dumps(out))
         return 0
     report = {
         "command": "python -m scripts.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -406,10 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         "weights": str(args.weights),
     }
     if args.sweep:
-        report["runs"] = [run_config(config, args, quick=True) for config in sweep_configs()]
+        report["runs"] = [run_config(config, args, in_process=False) for config in sweep_configs()]
         name = "sweep"
     else:
-        default, baseline = run_config(default_config(), args), run_config(BASELINE, args)
+        ensure_peers_venv()
+        default, baseline = run_config(default_config(), args, peers=True), run_config(BASELINE, args)
         report["runs"] = [default, baseline]
         report["ratios"] = {
             **ratios(default),
@@ -418,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "default_over_baseline_direct_saturation": ratio(
                 default["direct"]["saturation"]["images_per_s"], baseline["direct"]["saturation"]["images_per_s"]
+            ),
+            **peer_ratios(default["gateway"], default["peers"]),
+            "ours_cpu_over_bare_inference_saturation": ratio(
+                server_cpu(default["gateway"]["saturation"]),
+                default["in_process"]["bare_inference"]["cpu_ms_per_image"]["inference"],
             ),
         }
         name = "bench"

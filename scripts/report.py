@@ -301,6 +301,9 @@ def targets(ratios: dict[str, float]) -> str:
             ">=",
             2.5,
         ),
+        ("ours <= the best peer's p50 at concurrency 1 (ratio)", "ours_p50_over_best_peer_c1", "<=", 1.0),
+        ("ours >= 1.3x the best peer's images/s at saturation", "ours_over_best_peer_saturation", ">=", 1.3),
+        ("whole path's CPU per image <= 1.6x bare inference", "ours_cpu_over_bare_inference_saturation", "<=", 1.6),
     ]
     rows = ["| target | measured | met |", "|---|---|---|"]
     for label, key, op, bound in checks:
