@@ -102,8 +102,8 @@ loadtest: venv ## Locust against the running stack (USERS, SPAWN_RATE, DURATION)
 soak: venv ## Long run (DURATION=30m) of good, hostile and slow traffic on a private stack; memory and fds (reports/soak.md)
 	$(PY) -m scripts.soak --duration $(if $(filter command line environment,$(origin DURATION)),$(DURATION),30m)
 
-bench: venv $(PEERS_VENV)/.installed ## In-process vs TorchServe vs gateway vs peers (FastAPI, LitServe), default vs baseline (reports/bench.md); SWEEP=1 for the config grid
-	$(PY) -m scripts.bench $(if $(SWEEP),--sweep)
+bench: venv $(PEERS_VENV)/.installed ## Ours vs in-process, TorchServe direct and the peers (FastAPI, LitServe), default vs baseline (reports/bench.md); SWEEP=1 for the grid (CONFIGS=a,b for part of it)
+	$(PY) -m scripts.bench $(if $(SWEEP),--sweep) $(if $(CONFIGS),--configs $(CONFIGS))
 
 # The peers' venv (scripts/peers.py): sees .venv's site-packages through a .pth file, adds LitServe and uvicorn[standard]
 $(PEERS_VENV)/.installed: requirements-peers.txt $(VENV)/.installed

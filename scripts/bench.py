@@ -503,7 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="clients at saturation: enough to fill every worker's batch twice over (default: %(default)s)",
     )
-    parser.add_argument("--sweep", action="store_true", help="measure the configuration grid at saturation instead")
+    parser.add_argument("--sweep", action="store_true", help="measure the configuration grid instead")
+    parser.add_argument("--configs", help="with --sweep: only these comma-separated configurations of the grid")
     parser.add_argument("--reports", type=Path, default=ROOT / "reports")
     parser.add_argument("--in-process", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--imgsz", type=int, help=argparse.SUPPRESS)
@@ -534,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         "weights": str(args.weights),
     }
     if args.sweep:
-        report["runs"] = [run_config(config, args, in_process=False) for config in sweep_configs()]
+        chosen = set(args.configs.split(",")) if args.configs else None
+        grid = [config for config in sweep_configs() if chosen is None or config.name in chosen]
+        report["runs"] = [run_config(config, args, in_process=False) for config in grid]
         name = "sweep"
     else:
         ensure_peers_venv()
