@@ -24,7 +24,9 @@ class RuntimeThreads:
         self.backend = backend
         self.threads = config.threads
         self.lone_threads = config.lone_threads or config.threads
-        self.attribute, self.runtimes = None, {}  # pt and TorchScript: torch's pool is resized per call
+        # The runtime attribute swapped per batch; None: torch's pool size is set per call instead (.pt,
+        # TorchScript), which also covers lone_threads == threads.
+        self.attribute, self.runtimes = None, {}
         runtime = backend.backend
         if self.lone_threads == self.threads:
             return
