@@ -41,7 +41,7 @@ import yaml
 
 from scripts.loadtest import MemorySampler, stack_processes
 from scripts.package_mar import DEFAULT_FORMAT
-from scripts.peers import PEERS, PeerProcess, ensure_peers_venv, peer_model
+from scripts.peers import PEERS, PeerProcess, cpu_used, ensure_peers_venv, peer_model
 from scripts.stack import ROOT, Stack, free_port, running
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
@@ -139,16 +139,8 @@ class Result:
 
 def cpu_seconds(run_dir: Path) -> dict[str, float]:
     """CPU time (user + system) so far of each role of the stack, and of this process: the load generator."""
-
-    def used(proc: psutil.Process) -> float:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:  # a worker that exited between listing and reading
-            return 0.0
-        return times.user + times.system
-
     roles = {**stack_processes(run_dir), "load generator": [psutil.Process()]}
-    return {role: sum(used(proc) for proc in procs) for role, procs in roles.items()}
+    return {role: cpu_used(procs) for role, procs in roles.items()}
 
 
 def cpu_since(run_dir: Path, before: dict[str, float]) -> dict[str, float]:
@@ -167,15 +159,24 @@ def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Resu
     torch.set_num_threads(CORES)  # Ultralytics set it to cores - 1 while building the predictor
     for _ in range(3):
         model.predict(paths[:batch], imgsz=imgsz, batch=batch, verbose=False)
+
+    def predict(done: int) -> None:
+        chunk = [paths[(done + i) % len(paths)] for i in range(batch)]
+        model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
+
+    return timed_calls(predict, batch, seconds, "in-process")
+
+
+def timed_calls(call, batch: int, seconds: float, role: str) -> Result:
+    """``call(images_done_so_far)`` over and over for ``seconds``, ``batch`` images a call; this process's CPU."""
     latencies, images, started, cpu_started = [], 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
-        chunk = [paths[(images + i) % len(paths)] for i in range(batch)]
         t0 = time.perf_counter()
-        model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
+        call(images)
         latencies.append((time.perf_counter() - t0) * 1000)
         images += batch
     elapsed = time.perf_counter() - started
-    return Result(images, elapsed, latencies, 0, {"in-process": time.process_time() - cpu_started})
+    return Result(images, elapsed, latencies, 0, {role: time.process_time() - cpu_started})
 
 
 def bare_inference(model_file: Path, imgsz: int, batch: int, threads: int, seconds: float) -> Result:
@@ -195,14 +196,7 @@ def bare_inference(model_file: Path, imgsz: int, batch: int, threads: int, secon
     with torch.inference_mode():
         for _ in range(3):
             backend(inputs)
-        latencies, images, started, cpu_started = [], 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - started < seconds:
-            t0 = time.perf_counter()
-            backend(inputs)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            images += batch
-    elapsed = time.perf_counter() - started
-    return Result(images, elapsed, latencies, 0, {"inference": time.process_time() - cpu_started})
+        return timed_calls(lambda _: backend(inputs), batch, seconds, "inference")
 
 
 def multipart(name: str, data: bytes) -> bytes:
@@ -329,12 +323,7 @@ def measure_peers(work: Path, args: argparse.Namespace) -> dict:
     """Each peer on a free port: wait until it answers, warm up, c1 and saturation with its CPU, stop it."""
     bodies = [multipart(p.name, p.read_bytes()) for p in SAMPLES]
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    load_generator = psutil.Process()
-
-    def own_cpu() -> float:
-        times = load_generator.cpu_times()
-        return times.user + times.system
-
+    load_generator = [psutil.Process()]
     out = {}
     for peer in PEERS:
         model, imgsz = peer_model(peer, work / "unpacked", work / "peer", args.weights.resolve())
@@ -346,9 +335,12 @@ def measure_peers(work: Path, args: argparse.Namespace) -> dict:
             http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
             entry = {"model": str(model.name), "imgsz": imgsz}
             for level, concurrency in (("c1", 1), ("saturation", args.concurrency)):
-                before = server.cpu_seconds(), own_cpu()
+                before = cpu_used(server.processes()), cpu_used(load_generator)
                 result = http_load(url, bodies, headers, concurrency, args.seconds)
-                result.cpu_s = {"peer": server.cpu_seconds() - before[0], "load generator": own_cpu() - before[1]}
+                result.cpu_s = {
+                    "peer": cpu_used(server.processes()) - before[0],
+                    "load generator": cpu_used(load_generator) - before[1],
+                }
                 entry[level] = result.summary()
         print(json.dumps({peer: entry}), flush=True)
         out[peer] = entry

@@ -161,6 +161,18 @@ def ensure_peers_venv() -> None:
     subprocess.run(["make", "--no-print-directory", "--silent", ".venv-peers/.installed"], cwd=ROOT, check=True)
 
 
+def cpu_used(procs: list[psutil.Process]) -> float:
+    """CPU time (user + system) so far of these processes; one that has exited counts 0."""
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # exited between listing and reading
+            continue
+        total += times.user + times.system
+    return total
+
+
 class PeerProcess:
     """A peer as a subprocess (with its own process group), for the benchmark and the tests."""
 
@@ -186,16 +198,6 @@ class PeerProcess:
             return [root, *root.children(recursive=True)]
         except psutil.Error:
             return []
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for proc in self.processes():
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-        return total
 
     def wait_ready(self, timeout: float = 180) -> None:
         from scripts.stack import http_ok, wait_until
