@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -45,17 +47,19 @@ SPECS = {
 
 def reencode(data: bytes, quality: int = REENCODE_QUALITY) -> bytes:
     """The image decoded and encoded again as JPEG at ``quality``: a small, realistic perturbation."""
-    ok, buf = cv2.imencode(
-        ".jpg",
-        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
-        [
-            cv2.IMWRITE_JPEG_QUALITY,
-            quality,
-        ],
-    )
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def reencoded_copy(samples: Path, dest: Path) -> Path:
+    """A copy of the samples folder (labels, data.yaml, gate.yaml; not gates/) with every image re-encoded."""
+    shutil.copytree(samples, dest, ignore=shutil.ignore_patterns("gates"))
+    for image in dest.glob("*.jpg"):
+        image.write_bytes(reencode(image.read_bytes()))
+    return dest
 
 
 def margins(gt: list[tuple], dets: list[tuple], conf: float, min_iou: float) -> tuple[float, float] | None:
@@ -163,19 +167,13 @@ def build(
 
 def write_gate(out: Path, weights: list[Path], imgsz: int, conf: float) -> float:
     """gate.yaml: the lowest recall any weights reach on the samples and their re-encodings, less GATE_MARGIN."""
-    import shutil
-    import tempfile
-
     sys.path.insert(0, str(ROOT))
     from models.reference import reference_answers
     from scripts import gate_metrics as gm
 
     (out / "gate.yaml").write_text("task: detect\nmetric: recall\nthreshold: 0.0\n")  # provisional, to load
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "reencoded"
-        shutil.copytree(out, copy)
-        for image in copy.glob("*.jpg"):
-            image.write_bytes(reencode(image.read_bytes()))
+        copy = reencoded_copy(out, Path(tmp) / "reencoded")
         measured = {}
         for w in weights:
             for label, gate_dir in (("as written", out), (f"JPEG q{REENCODE_QUALITY}", copy)):

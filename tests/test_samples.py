@@ -9,7 +9,6 @@ keep a margin from the confidence threshold on the originals.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tests.conftest import (
 )
 
 sys.path.insert(0, str(ROOT / "models"))
-from make_samples import GATE_MARGIN, REENCODE_QUALITY, reencode  # noqa: E402
+from make_samples import GATE_MARGIN, REENCODE_QUALITY, reencoded_copy  # noqa: E402
 
 # Served scores stay this far from conf on both sides (make_samples.py selected with 0.08 on Ultralytics' predict;
 # the served archive decodes and infers differently, so the test holds it to a little less).
@@ -49,11 +48,7 @@ def handlers(model_store, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def reencoded(tmp_path_factory) -> Path:
     """A copy of samples/ (labels, data.yaml, gate.yaml) whose images are re-encoded as JPEG quality 90."""
-    copy = tmp_path_factory.mktemp("samples") / "samples"
-    shutil.copytree(SAMPLES, copy, ignore=shutil.ignore_patterns("gates"))
-    for image in copy.glob("*.jpg"):
-        image.write_bytes(reencode(image.read_bytes()))
-    return copy
+    return reencoded_copy(SAMPLES, tmp_path_factory.mktemp("samples") / "samples")
 
 
 def test_reencoded_copies_really_differ(reencoded):
