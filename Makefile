@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PEERS_VENV := .venv-peers
+PY_DIRS := serving gateway operations quality benchmarks containers scripts models tests
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -28,7 +29,7 @@ PACKAGE = bash scripts/package_mar.sh --name $(MODEL) --weights $(WEIGHTS) --ver
 	--gate-data $(GATE_DATA) $(OPTIONS_$(MODEL))
 ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
-.PHONY: help venv archive model-archive package up down status logs test lint compose-up compose-down compose-test
+.PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak
 
 # VERSION only when the operator set it (the default above is for `make up`)
@@ -68,12 +69,15 @@ logs: venv ## Tail the stack's logs
 	$(PY) -m scripts.stack logs
 
 lint: venv ## Static checks
-	$(VENV)/bin/ruff check serving gateway scripts models tests
-	$(VENV)/bin/ruff format --check serving gateway scripts models tests
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
 
 test: venv lint ## Set everything up, lint, and run the whole test suite
-	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_packages.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+test-fast: venv ## The edit-test loop: every test that starts no server and builds no archive (under 2 minutes)
+	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging" $(PYTEST_ARGS)
 
 redeploy: venv ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
@@ -105,7 +109,7 @@ soak: venv ## Long run (DURATION=30m) of good, hostile and slow traffic on a pri
 bench: venv $(PEERS_VENV)/.installed ## Ours vs in-process, TorchServe direct and the peers (FastAPI, LitServe), default vs baseline (reports/bench.md); SWEEP=1 for the grid (CONFIGS=a,b for part of it)
 	$(PY) -m scripts.bench $(if $(SWEEP),--sweep) $(if $(CONFIGS),--configs $(CONFIGS))
 
-# The peers' venv (scripts/peers.py): sees .venv's site-packages through a .pth file, adds LitServe and uvicorn[standard]
+# The peers' venv (benchmarks/peers.py): sees .venv's site-packages through a .pth file, adds LitServe and uvicorn[standard]
 $(PEERS_VENV)/.installed: requirements-peers.txt $(VENV)/.installed
 	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PY) -c 'import site; print(site.getsitepackages()[0])' > "$$($(PEERS_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/main-venv.pth"

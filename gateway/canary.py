@@ -1,18 +1,20 @@
 """Canary routing: send a share of unpinned predictions to a candidate version.
 
-Each model has its own canary: ``scripts/deploy.py`` writes ``{"version": "2.0", "percent": 20}``
-to ``<canary dir>/<model>/canary.json`` (one atomic rename) and removes it to stop. The
-gateway checks the file's mtime on every request, which costs one ``stat``, and parses it only
-when it changed, so a canary starts, changes or stops without restarting anything.
+Each model has its own canary in the state store (``gateway.state``, key ``canary/<model>``,
+``{"version": "2.0", "percent": 20}``): ``scripts/deploy.sh VERSION --canary PERCENT`` writes it
+once the version passed its gate, promoting or aborting removes it, and an operator can change
+its share or stop it at ``/admin/models/<model>/canary``. The gateway reads it on every unpinned
+request (one primary-key read), so a canary starts, changes or stops without restarting
+anything. A canary that cannot be read is no canary: predictions go on to the default version.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
+
+from gateway.state import StateError, StateStore, canary_key
 
 logger = logging.getLogger(__name__)
 
@@ -22,65 +24,58 @@ class Canary:
     version: str
     percent: float
 
+    @classmethod
+    def parse(cls, data: object) -> Canary:
+        """A canary from its stored form; ValueError says what is wrong with it."""
+        try:
+            canary = cls(str(data["version"]), float(data["percent"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a canary ({{'version', 'percent'}} expected): {data!r}") from exc
+        if not 0 < canary.percent < 100:
+            raise ValueError(f"a canary's percent must be between 0 and 100 (exclusive), got {canary.percent:g}")
+        return canary
+
+    def stored(self) -> dict:
+        return {"version": self.version, "percent": self.percent}
+
 
 def choose(canary: Canary | None, draw: float) -> str | None:
     """The canary version when the uniform ``draw`` in [0, 1) falls in its share, else None (the default)."""
     return canary.version if canary is not None and draw * 100 < canary.percent else None
 
 
-class CanaryFile:
-    """The canary state in ``path``, cached by modification time; no file (or no path) means no canary."""
+class Canaries:
+    """Every model's canary, in ``store`` (None: no canaries at all)."""
 
-    def __init__(self, path: Path | None, rng: random.Random | None = None):
-        self.path = path
+    def __init__(self, store: StateStore | None, rng: random.Random | None = None):
+        self.store = store
         self.rng = rng or random.Random()
-        self._stamp: tuple[int, int] | None = None
-        self._canary: Canary | None = None
+        self._complaint: str | None = None  # the last problem logged, so a broken store is logged once, not per request
 
-    def current(self) -> Canary | None:
-        if self.path is None:
+    def current(self, model: str) -> Canary | None:
+        if self.store is None:
             return None
         try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            self._stamp, self._canary = None, None
+            data = self.store.get(canary_key(model))
+            canary = Canary.parse(data) if data is not None else None
+        except (StateError, ValueError) as exc:
+            self._complain(f"ignoring the canary of {model!r}: {exc}")
             return None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._stamp, self._canary = stamp, self._parse()
-        return self._canary
-
-    def _parse(self) -> Canary | None:
-        try:
-            data = json.loads(self.path.read_text())
-            canary = Canary(str(data["version"]), float(data["percent"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring canary file %s: %s", self.path, exc)
-            return None
-        logger.info("canary: %g%% of unpinned predictions go to version %s", canary.percent, canary.version)
+        self._complaint = None
         return canary
 
-    def pick(self) -> str | None:
-        """The version one unpinned request goes to: the canary's, or None for TorchServe's default."""
-        return choose(self.current(), self.rng.random())
-
-
-CANARY_FILE = "canary.json"
-
-
-class Canaries:
-    """One ``CanaryFile`` per model, under ``directory`` (None: no canaries at all)."""
-
-    def __init__(self, directory: Path | None, rng: random.Random | None = None):
-        self.directory = directory
-        self.rng = rng or random.Random()
-        self._files: dict[str, CanaryFile] = {}
+    def _complain(self, message: str) -> None:
+        if message != self._complaint:
+            logger.warning("%s", message)
+            self._complaint = message
 
     def pick(self, model: str) -> str | None:
         """The version one unpinned request for ``model`` goes to: its canary's, or None for the default."""
-        if self.directory is None:
-            return None
-        canary = self._files.get(model)
+        return choose(self.current(model), self.rng.random())
+
+    def set(self, model: str, canary: Canary | None) -> None:
+        """Start, change or (None) stop ``model``'s canary."""
         if canary is None:
-            canary = self._files[model] = CanaryFile(self.directory / model / CANARY_FILE, self.rng)
-        return canary.pick()
+            self.store.delete(canary_key(model))
+        else:
+            self.store.put(canary_key(model), canary.stored())

@@ -1,4 +1,4 @@
-"""Request dependencies: the app's shared objects and the optional API-key check."""
+"""Request dependencies: the app's shared objects, the optional API-key check and the operator-key check."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ from gateway.canary import Canaries
 from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
-from gateway.upstream import TorchServeClient
+from gateway.state import StateStore
+from gateway.upstream import Upstream
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when GATEWAY_API_KEYS is set")
+admin_key_header = APIKeyHeader(
+    name="X-Admin-Key", auto_error=False, description="an operator key from GATEWAY_ADMIN_KEYS", scheme_name="AdminKey"
+)
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_upstream(request: Request) -> TorchServeClient:
+def get_upstream(request: Request) -> Upstream:
     return request.app.state.upstream
 
 
@@ -30,6 +34,10 @@ def get_metrics(request: Request) -> GatewayMetrics:
 
 def get_canaries(request: Request) -> Canaries:
     return request.app.state.canaries
+
+
+def get_store(request: Request) -> StateStore:
+    return request.app.state.store
 
 
 async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
@@ -54,3 +62,22 @@ async def require_api_key(request: Request, api_key: str | None = Security(api_k
         )
     if not any(secrets.compare_digest(presented, key) for key in allowed):
         raise APIError(401, "unauthorized", "The API key is not valid.", {"WWW-Authenticate": "Bearer"})
+
+
+async def require_admin_key(request: Request, admin_key: str | None = Security(admin_key_header)) -> None:
+    """Every route that changes state needs an operator key, separate from the API keys.
+
+    403 when the gateway has none configured (its state cannot be changed over HTTP at all),
+    401 when the key is missing or wrong.
+    """
+    allowed = get_settings(request).admin_key_set
+    if not allowed:
+        raise APIError(
+            403,
+            "admin_disabled",
+            "This gateway has no operator keys: set GATEWAY_ADMIN_KEYS to change its state over HTTP.",
+        )
+    if not admin_key:
+        raise APIError(401, "unauthorized", "An operator key is required: send it in the X-Admin-Key header.")
+    if not any(secrets.compare_digest(admin_key, key) for key in allowed):
+        raise APIError(401, "unauthorized", "The operator key is not valid.")

@@ -11,9 +11,10 @@ from gateway.canary import Canaries
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.routes import health, models, predict, ui
+from gateway.routes import admin, health, models, predict, ui
 from gateway.settings import Settings
-from gateway.upstream import TorchServeClient
+from gateway.state import open_store
+from gateway.upstream import Upstream
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,11 +23,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstream = TorchServeClient(settings, metrics)
+        app.state.upstream = Upstream(settings, metrics)
         try:
             yield
         finally:
             await app.state.upstream.aclose()
+            store.close()
 
     app = FastAPI(
         title="YOLO inspection gateway",
@@ -36,11 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.canaries = Canaries(settings.canary_dir)
+    store = app.state.store = open_store(settings.state_store)
+    app.state.canaries = Canaries(store)
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(ui.router)
     app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/503 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from serving.yolo_contract import TASKS
+
 
 class ModelRef(BaseModel):
     name: str = Field(examples=["yolo"])
@@ -17,7 +19,7 @@ class ImageSize(BaseModel):
     height: int = Field(gt=0, examples=[720])
 
 
-Task = Literal["detect", "segment", "pose", "obb", "classify"]
+Task = Literal[TASKS]
 Point = list[float]
 
 
@@ -145,3 +147,37 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     default_model: str = Field(description="the model /predict and /predict/batch serve")
     models: list[ModelInfo]
+
+
+class CanaryShare(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    percent: float = Field(gt=0, lt=100, description="share of the model's unpinned predictions the canary gets, %")
+
+
+class CanaryInfo(BaseModel):
+    version: str
+    percent: float
+
+
+class CanaryState(BaseModel):
+    model: str
+    canary: CanaryInfo | None = Field(description="the running canary; null when every prediction goes to the default")
+    stopped: str | None = Field(None, description="DELETE: the canary version this call stopped, if one ran")
+
+
+class HistoryEntry(BaseModel):
+    model_config = {"extra": "allow"}
+
+    when: str
+    who: str
+    action: str = Field(examples=["deploy"], description="deploy, canary, promote, rollback, refused, canary-share...")
+    version: str
+    previous: str | None
+    sha256: str | None
+    result: str = Field(examples=["ok"])
+
+
+class HistoryResponse(BaseModel):
+    model: str
+    entries: list[HistoryEntry] = Field(description="oldest first")

@@ -36,10 +36,22 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=0, description="most unread body read and discarded so a client sees an early answer"
     )
     drain_timeout_s: float = Field(10.0, ge=0, description="most time spent discarding an unread body before answering")
-    canary_dir: Path | None = Field(
-        None, description="per-model canary state written by scripts/deploy.py: DIR/NAME/canary.json (absent: none)"
+    state_store: str = Field(
+        "var/state.db",
+        description="the state store (canaries, deploy history): an SQLite file, or redis://HOST:PORT/DB to share it",
+    )
+    admin_keys: str = Field(
+        "", description="comma-separated operator keys (X-Admin-Key) for /admin routes; empty turns them off (403)"
     )
 
     @cached_property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+        return _keys(self.api_keys)
+
+    @cached_property
+    def admin_key_set(self) -> frozenset[str]:
+        return _keys(self.admin_keys)
+
+
+def _keys(listed: str) -> frozenset[str]:
+    return frozenset(key.strip() for key in listed.split(",") if key.strip())

@@ -1,19 +1,22 @@
-"""The one TorchServe API client, shared by the gateway and the operator scripts.
+"""The one TorchServe client: keys, inference and management calls, worker status, one error type.
 
 TorchServe 0.12 keeps token authorization on: its inference and management keys live in
 ``key_file.json`` and expire (60 minutes by default), and a restart writes new ones. The
 client re-reads the file when it changes, asks TorchServe for a fresh key (with the
 never-expiring API key) shortly before expiry or when a key is refused, and sends once
-more, so no call fails because a key went stale. The gateway maps what comes back to its
-HTTP answers (``gateway.upstream``); ``scripts.torchserve`` drives the same client
-synchronously for deploy, rollback and ``make up``.
+more, so no call fails because a key went stale. Every failure to reach TorchServe, and every
+management call it refuses, is a ``TorchServeError``. The gateway maps predictions to its HTTP
+answers (``gateway.upstream``); the operations code (deploy, rollback, ``make up``) and the tests
+drive the same client synchronously through ``BlockingTorchServe``. Nothing here needs torch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +24,23 @@ from pathlib import Path
 import httpx
 
 from gateway.errors import APIError
+
+
+class TorchServeError(APIError):
+    """TorchServe did not answer, has not written its keys, or refused a management call.
+
+    An ``APIError`` so the gateway answers it as is (503 unavailable, 504 timeout, 502 refused);
+    the operations code prints its message.
+    """
+
+
+def _message(response: httpx.Response) -> str:
+    """What TorchServe said: its JSON ``message``, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(body.get("message", response.text[:300])) if isinstance(body, dict) else response.text[:300]
 
 
 @dataclass(frozen=True)
@@ -75,7 +95,7 @@ class TokenStore:
         self._reload()
         key = self._keys.get(kind)
         if key is None:
-            raise APIError(503, "torchserve_unavailable", "TorchServe has not written its key file yet.")
+            raise TorchServeError(503, "torchserve_unavailable", "TorchServe has not written its key file yet.")
         if key.expires_at - time.time() < self._margin_s:
             key = await self.refresh(kind, stale=key.value)
         return key.value
@@ -89,7 +109,7 @@ class TokenStore:
                 return current
             api = self._keys.get("API")
             if api is None:
-                raise APIError(503, "torchserve_unavailable", "TorchServe's key file has no API key.")
+                raise TorchServeError(503, "torchserve_unavailable", "TorchServe's key file has no API key.")
             try:
                 response = await self._client.post(
                     f"{self._management_url}/token",
@@ -97,13 +117,15 @@ class TokenStore:
                     headers={"Authorization": f"Bearer {api.value}"},
                 )
             except httpx.HTTPError as exc:
-                raise APIError(503, "torchserve_unavailable", f"cannot refresh the TorchServe key: {exc}") from exc
+                message = f"cannot refresh the TorchServe key: {exc}"
+                raise TorchServeError(503, "torchserve_unavailable", message) from exc
             if response.status_code != 200:
-                raise APIError(503, "torchserve_unavailable", "TorchServe refused to issue a new key.")
+                raise TorchServeError(503, "torchserve_unavailable", "TorchServe refused to issue a new key.")
             self._stamp = None
             self._reload()
             if kind not in self._keys:
-                raise APIError(503, "torchserve_unavailable", "TorchServe's key file has no key after a refresh.")
+                message = "TorchServe's key file has no key after a refresh."
+                raise TorchServeError(503, "torchserve_unavailable", message)
             return self._keys[kind]
 
 
@@ -141,7 +163,7 @@ class TorchServeAPI:
     async def call(self, kind: str, method: str, url: str, **kwargs) -> httpx.Response:
         """Send with the current key of ``kind``; on a refused key, refresh it and send once more.
 
-        A TorchServe that does not answer is an ``APIError`` (504 on a timeout, else 503).
+        A TorchServe that does not answer is a ``TorchServeError`` (504 on a timeout, else 503).
         """
         headers = kwargs.pop("headers", {})
         for attempt in range(2):
@@ -151,11 +173,11 @@ class TorchServeAPI:
                     method, url, headers={**headers, "Authorization": f"Bearer {key}"}, **kwargs
                 )
             except httpx.TimeoutException as exc:
-                raise APIError(
+                raise TorchServeError(
                     504, "upstream_timeout", f"TorchServe did not answer in time ({exc.__class__.__name__})."
                 ) from exc
             except httpx.HTTPError as exc:
-                raise APIError(
+                raise TorchServeError(
                     503,
                     "torchserve_unavailable",
                     f"TorchServe is unreachable ({exc.__class__.__name__}).",
@@ -177,6 +199,58 @@ class TorchServeAPI:
         url = f"{self.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
         return await self.call("inference", "POST", url, content=image, headers=headers)
 
+    async def describe(self, model: str, suffix: str = "") -> list[dict] | None:
+        """The management API's description (``suffix``: "", "/VERSION" or "/all"); None for no such model/version."""
+        response = await self.management("GET", model, suffix)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise TorchServeError(503, "torchserve_unavailable", f"management API answered {response.status_code}")
+        return response.json()
+
+    async def default_version(self, model: str) -> str | None:
+        description = await self.describe(model)
+        return description[0]["modelVersion"] if description else None
+
+    async def loaded_versions(self, model: str) -> list[str]:
+        return [entry["modelVersion"] for entry in await self.describe(model, "/all") or []]
+
+    async def workers(self, model: str, version: str | None = None) -> list[dict]:
+        """The workers of one version (default: the default version), as the management API lists them."""
+        description = await self.describe(model, f"/{version}" if version else "")
+        return [w for entry in description or [] for w in entry.get("workers", [])]
+
+    async def ready_workers(self, model: str, version: str | None = None) -> int:
+        return ready_count(await self.describe(model, f"/{version}" if version else "") or [])
+
+    async def _changed(self, what: str, response: httpx.Response, ok: tuple[int, ...] = (200,)) -> None:
+        if response.status_code not in ok:
+            raise TorchServeError(502, "torchserve_refused", f"TorchServe refused to {what}: {_message(response)}")
+
+    async def register(self, archive: str, model: str, **params: str | int) -> None:
+        """Register ``archive`` (a file name in the model store) as ``model``, without waiting for its workers.
+
+        ``synchronous=true`` would block the Netty thread that took the call until the workers
+        are up, and that thread also carries inference connections, so it is never used here.
+        """
+        params = {"url": archive, "model_name": model, "synchronous": "false", **params}
+        response = await self.call("management", "POST", f"{self.management_url}/models", params=params)
+        await self._changed(f"load {archive}", response, (200, 202))
+
+    async def scale(self, model: str, version: str, workers: int) -> None:
+        params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+        response = await self.management("PUT", model, f"/{version}", params=params)
+        await self._changed(f"scale {model} {version}", response)
+
+    async def set_default(self, model: str, version: str) -> None:
+        response = await self.management("PUT", model, f"/{version}/set-default")
+        await self._changed(f"make {version} the default", response)
+
+    async def unregister(self, model: str, version: str) -> None:
+        """Unload one version; already gone is fine."""
+        response = await self.management("DELETE", model, f"/{version}", timeout=120)
+        await self._changed(f"unload {version}", response, (200, 404))
+
     async def model_names(self) -> list[str]:
         """Every model registered, sorted, following the list's pages."""
         names: list[str] = []
@@ -186,7 +260,7 @@ class TorchServeAPI:
                 "management", "GET", f"{self.management_url}/models", params={"limit": 100, "next_page_token": token}
             )
             if response.status_code != 200:
-                raise APIError(503, "torchserve_unavailable", f"management API answered {response.status_code}")
+                raise TorchServeError(503, "torchserve_unavailable", f"management API answered {response.status_code}")
             page = response.json()
             names += [entry["modelName"] for entry in page.get("models", [])]
             token = page.get("nextPageToken")
@@ -201,6 +275,43 @@ class TorchServeAPI:
         except (ValueError, KeyError, IndexError, TypeError):
             return {}
         return metadata if isinstance(metadata, dict) else {}
+
+
+class BlockingTorchServe:
+    """The same client for code that makes one call after another (operations, tests): every
+    coroutine method of ``TorchServeAPI`` is here as a plain method, e.g. ``ts.loaded_versions("yolo")``.
+
+    The calls run on a private event loop in a thread of its own, so a caller whose thread
+    already runs a loop (Playwright's sync API does) can use it too. Close it, or use ``with``.
+    """
+
+    def __init__(self, inference_url: str, management_url: str, key_file: Path, timeout: float = 60):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="torchserve-client", daemon=True)
+        self._thread.start()
+        self.api = TorchServeAPI(inference_url, management_url, key_file, httpx.Timeout(timeout, connect=5))
+
+    def __getattr__(self, name: str) -> Callable:
+        method = getattr(self.api, name)
+        if not asyncio.iscoroutinefunction(method):
+            raise AttributeError(name)
+
+        def blocking(*args, **kwargs):
+            return asyncio.run_coroutine_threadsafe(method(*args, **kwargs), self._loop).result()
+
+        return blocking
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.api.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> BlockingTorchServe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def worker_pids(description: list[dict]) -> frozenset[int]:

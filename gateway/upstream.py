@@ -46,8 +46,9 @@ class Prediction:
     upstream_ms: float
 
 
-class TorchServeClient:
-    """Inference and read-only management calls against one TorchServe, for any model it serves."""
+class Upstream:
+    """The gateway's side of the TorchServe client: predictions with their one retry, and TorchServe's
+    answers and descriptions turned into the gateway's HTTP answers (404s that name the served models)."""
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics):
         self.settings = settings
@@ -117,10 +118,10 @@ class TorchServeClient:
 
     async def _read_worker_pids(self, model: str, version: str | None) -> frozenset[int] | None:
         """Read and remember the version's worker pids (a restarted worker has a new one); None for no such version."""
-        response = await self.api.management("GET", model, f"/{version}" if version else "")
-        if response.status_code != 200:
+        description = await self.api.describe(model, f"/{version}" if version else "")
+        if description is None:
             return None  # no such model or version: nothing to remember (names come from clients)
-        pids = self._worker_pids[(model, version)] = worker_pids(response.json())
+        pids = self._worker_pids[(model, version)] = worker_pids(description)
         return pids
 
     async def model_names(self) -> list[str]:
@@ -137,11 +138,8 @@ class TorchServeClient:
 
     async def describe(self, model: str, version: str | None = None, all_versions: bool = False) -> list[dict]:
         """Management API's description of a model (default version, one version, or all)."""
-        suffix = "/all" if all_versions else (f"/{version}" if version else "")
-        response = await self.api.management("GET", model, suffix)
-        if response.status_code == 404:
+        description = await self.api.describe(model, "/all" if all_versions else (f"/{version}" if version else ""))
+        if description is None:
             await self.require_known(model)
             raise APIError(404, "model_not_found", f"version {version} of model {model!r} is not loaded")
-        if response.status_code != 200:
-            raise APIError(503, "torchserve_unavailable", f"management API answered {response.status_code}")
-        return response.json()
+        return description

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from models import generate_dataset as gd
+from serving.yolo_contract import TASKS
 
-TASKS = ("detect", "segment", "pose", "obb", "classify")
 SPLITS = gd.SPLITS
 CLASSES = {
     "detect": ("bolt", "nut", "washer"),

@@ -168,8 +168,8 @@ def build(
 def write_gate(out: Path, weights: list[Path], imgsz: int, conf: float) -> float:
     """gate.yaml: the lowest recall any weights reach on the samples and their re-encodings, less GATE_MARGIN."""
     sys.path.insert(0, str(ROOT))
-    from models.reference import reference_answers
-    from scripts import gate_metrics as gm
+    from quality import gate_metrics as gm
+    from quality.reference import reference_answers
 
     (out / "gate.yaml").write_text("task: detect\nmetric: recall\nthreshold: 0.0\n")  # provisional, to load
     with tempfile.TemporaryDirectory() as tmp:

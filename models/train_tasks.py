@@ -8,7 +8,7 @@ briefly on CPU, and publish
   models/weights/tasks/<task>/training.json  command, seed, data counts, epochs, imgsz, wall time, val metrics
   samples/gates/<task>/                       held-out labelled images + gate.yaml (task, metric, threshold)
 
-The gate threshold is the gate metric (scripts/gate_metrics.py) of YOLO(best.pt).predict on
+The gate threshold is the gate metric (quality/gate_metrics.py) of YOLO(best.pt).predict on
 the gate set, minus 0.1, floored to a multiple of 0.05 and at most 0.9: a redeployed archive
 must answer about as well as the model it was built from.
 
@@ -33,8 +33,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 import torch  # noqa: E402
 
 from models import generate_tasks as gt  # noqa: E402
-from models.reference import reference_answers  # noqa: E402
-from scripts import gate_metrics as gm  # noqa: E402
+from quality import gate_metrics as gm  # noqa: E402
+from quality.reference import reference_answers  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 ROOT = MODELS_DIR.parent

@@ -10,21 +10,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from yolo_contract import FORMATS, HEADER_PREFIX, MASK_FORMATS, MAX_DET_LIMIT, TASK_PARAMETERS, TASKS
 from yolo_image import RequestError
-
-HEADER_PREFIX = "x-yolo-"
-MAX_DET_LIMIT = 1000
-TASKS = ("detect", "segment", "pose", "obb", "classify")
-BOX_PARAMETERS = ("conf", "iou", "max_det", "classes")
-# Which request parameters each task takes; any other one is refused with 422, never ignored.
-TASK_PARAMETERS = {
-    "detect": BOX_PARAMETERS,
-    "segment": (*BOX_PARAMETERS, "masks"),
-    "pose": BOX_PARAMETERS,
-    "obb": BOX_PARAMETERS,
-    "classify": ("top_k",),
-}
-MASK_FORMATS = ("polygon", "rle")
 
 
 @dataclass(frozen=True)
@@ -32,6 +19,7 @@ class HandlerConfig:
     """Serving defaults read from the archive's model-config YAML (``handler:`` section)."""
 
     task: str = "detect"
+    format: str = "pt"  # what the archive carries (package_mar.sh --format); the handler loads whichever it is
     architecture: str = "yolo"  # "rtdetr" for RT-DETR weights: stretched input, no NMS
     imgsz: int = 640
     conf: float = 0.25
@@ -48,12 +36,20 @@ class HandlerConfig:
     @classmethod
     def from_yaml(cls, section: dict | None) -> HandlerConfig:
         section = section or {}
-        known = {name: section[name] for name in cls.__dataclass_fields__ if name in section}
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown handler key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"the handler knows: {', '.join(cls.__dataclass_fields__)}"
+            )
+        known = dict(section)
         if known.get("kpt_names") is not None:
             known["kpt_names"] = tuple(str(n) for n in known["kpt_names"])
         config = cls(**known)
         if config.task not in TASKS:
             raise ValueError(f"handler.task must be one of {', '.join(TASKS)}, got {config.task!r}")
+        if config.format not in FORMATS:
+            raise ValueError(f"handler.format must be one of {', '.join(FORMATS)}, got {config.format!r}")
         if config.imgsz % 32:
             raise ValueError(f"handler.imgsz must be a multiple of 32, got {config.imgsz}")
         return config

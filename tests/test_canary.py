@@ -1,12 +1,13 @@
-"""gateway/canary.py: which version an unpinned request goes to, and how the canary file is re-read."""
+"""gateway/canary.py: which version an unpinned request goes to, read from the state store on every request."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
-from gateway.canary import Canaries, Canary, CanaryFile, choose
+import pytest
+
+from gateway.canary import Canaries, Canary, choose
+from gateway.state import SQLiteStore, canary_key
 
 
 def test_choose_sends_exactly_the_share_below_percent():
@@ -18,59 +19,55 @@ def test_choose_sends_exactly_the_share_below_percent():
     assert choose(None, 0.0) is None
 
 
-def test_seeded_draws_give_the_configured_share(tmp_path):
-    path = tmp_path / "canary.json"
-    path.write_text(json.dumps({"version": "2.0", "percent": 20}))
-    picker = CanaryFile(path, random.Random(1234))
-    picks = [picker.pick() for _ in range(10_000)]
+@pytest.fixture
+def store(tmp_path):
+    opened = SQLiteStore(tmp_path / "state.db")
+    yield opened
+    opened.close()
+
+
+def test_seeded_draws_give_the_configured_share(store):
+    store.put(canary_key("yolo"), {"version": "2.0", "percent": 20})
+    picker = Canaries(store, random.Random(1234))
+    picks = [picker.pick("yolo") for _ in range(10_000)]
     assert set(picks) == {"2.0", None}
     assert 0.19 < picks.count("2.0") / len(picks) < 0.21
-    replay = CanaryFile(path, random.Random(1234))
-    assert [replay.pick() for _ in range(10_000)] == picks
+    replay = Canaries(store, random.Random(1234))
+    assert [replay.pick("yolo") for _ in range(10_000)] == picks
 
 
-def test_no_file_or_no_setting_means_no_canary(tmp_path):
-    assert CanaryFile(None).pick() is None
-    assert CanaryFile(tmp_path / "missing.json").pick() is None
+def test_no_canary_or_no_store_means_the_default(store):
+    assert Canaries(None).pick("yolo") is None
+    assert Canaries(store).pick("yolo") is None
 
 
-def test_file_changes_are_picked_up_and_removal_stops_the_canary(tmp_path):
-    path = tmp_path / "canary.json"
-    picker = CanaryFile(path, random.Random(0))
-    assert picker.current() is None
-    path.write_text(json.dumps({"version": "2.0", "percent": 20}))
-    assert picker.current() == Canary("2.0", 20.0)
-    path.write_text(json.dumps({"version": "3.0", "percent": 100}))
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
-    assert picker.current() == Canary("3.0", 100.0)
-    assert picker.pick() == "3.0"
-    path.unlink()
-    assert picker.current() is None and picker.pick() is None
+def test_changes_by_another_process_are_seen_on_the_next_request(store, tmp_path):
+    picker = Canaries(store, random.Random(0))
+    deployer = SQLiteStore(tmp_path / "state.db")  # what scripts/deploy.sh opens: the same file, another connection
+    deployer.put(canary_key("yolo"), {"version": "2.0", "percent": 20})
+    assert picker.current("yolo") == Canary("2.0", 20.0)
+    deployer.put(canary_key("yolo"), {"version": "3.0", "percent": 99.9})
+    assert picker.current("yolo") == Canary("3.0", 99.9)
+    deployer.delete(canary_key("yolo"))
+    assert picker.current("yolo") is None and picker.pick("yolo") is None
+    deployer.close()
 
 
-def test_unchanged_file_is_not_parsed_again(tmp_path):
-    path = tmp_path / "canary.json"
-    path.write_text(json.dumps({"version": "2.0", "percent": 50}))
-    picker = CanaryFile(path)
-    first = picker.current()
-    stat = path.stat()
-    path.write_text(json.dumps({"version": "9.9", "percent": 50}))  # same size: restore the mtime, as if untouched
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert picker.current() is first
+@pytest.mark.parametrize(
+    "stored",
+    [{"percent": 20}, {"version": "2.0", "percent": "lots"}, {"version": "2.0", "percent": 100}, ["2.0", 20]],
+)
+def test_a_garbled_canary_is_ignored_not_fatal(store, stored, caplog):
+    store.put(canary_key("yolo"), stored)
+    picker = Canaries(store)
+    assert [picker.pick("yolo") for _ in range(3)] == [None, None, None]
+    assert len([r for r in caplog.records if "ignoring the canary" in r.message]) == 1, "logged once, not per request"
+    with pytest.raises(ValueError, match="not a canary|between 0 and 100"):
+        Canary.parse(stored)
 
 
-def test_a_garbled_file_is_ignored_not_fatal(tmp_path):
-    path = tmp_path / "canary.json"
-    path.write_text("{not json")
-    assert CanaryFile(path).pick() is None
-    path.write_text(json.dumps({"percent": 20}))
-    assert CanaryFile(path).pick() is None
-
-
-def test_each_model_has_its_own_canary(tmp_path):
-    (tmp_path / "parts").mkdir()
-    (tmp_path / "parts" / "canary.json").write_text(json.dumps({"version": "1.1", "percent": 100}))
-    canaries = Canaries(tmp_path)
-    assert canaries.pick("parts") == "1.1"
+def test_each_model_has_its_own_canary(store):
+    Canaries(store).set("parts", Canary("1.1", 50))
+    canaries = Canaries(store, random.Random(3))
+    assert {canaries.pick("parts") for _ in range(50)} == {"1.1", None}
     assert canaries.pick("yolo") is None
-    assert Canaries(None).pick("parts") is None

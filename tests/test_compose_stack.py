@@ -1,6 +1,6 @@
 """The containerised stack, for real: `make compose-test` run as part of `make test`.
 
-scripts/compose_test.py builds both images, starts docker-compose.yml on a real
+containers/compose_check.py builds both images, starts docker-compose.yml on a real
 Docker engine (installing and starting Debian's where none answers), exercises the
 containerised gateway and tears everything down. Where no engine can be started the
 script exits non-zero and this test fails: it is never skipped.
@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import subprocess
 
-from scripts.compose_test import CHECKS, PROJECT
-from tests.conftest import ROOT
+import pytest
+
+from containers.compose_check import CHECKS, PROJECT
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_compose_stack_builds_starts_passes_every_check_and_tears_down():

@@ -156,7 +156,7 @@ def third_party_imports(sources: list[Path]) -> set[str]:
     ("dockerfile", "sources"),
     [
         (DOCKERFILES[0], ["serving/yolo_handler.py", "serving/yolo_image.py"]),
-        (DOCKERFILES[1], ["gateway/**/*.py"]),
+        (DOCKERFILES[1], ["gateway/**/*.py", "serving/yolo_contract.py"]),
     ],
     ids=["serving", "gateway"],
 )

@@ -15,8 +15,10 @@ import torch
 import yaml
 from ts.context import Context, RequestProcessor
 
-from tests.conftest import SAMPLES, WEIGHTS, iou, package
+from tests.helpers import SAMPLES, WEIGHTS, iou, package
 from yolo_handler import YoloHandler
+
+pytestmark = pytest.mark.packaging
 
 FORMATS = ("pt", "torchscript", "onnx", "openvino")
 SERIALIZED = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import generate_tasks as gt
-from scripts import gate_metrics as gm
+from quality import gate_metrics as gm
 
 SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100]]
 

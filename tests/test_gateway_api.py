@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from scripts.stack import wait_until
-from tests.conftest import ROOT, assert_finds_ground_truth, assert_valid_contract, free_port
+from operations.stack import free_port, wait_until
+from tests.helpers import ROOT, assert_finds_ground_truth, assert_valid_contract
 
 pytestmark = pytest.mark.integration
 
@@ -125,14 +125,11 @@ def test_upstream_timeout_is_504(extra_gateway, ground_truth):
 
 
 def test_no_ready_worker_is_503_and_health_says_why(stack, ground_truth):
-    from scripts.stack import ready_workers
-    from scripts.torchserve import TorchServe
+    from operations.stack import ready_workers
 
     def scale(workers: int) -> None:
-        with TorchServe(stack, timeout=120) as ts:
-            params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
-            response = ts.management("PUT", stack.model_name, "/1.0", params=params)
-        assert response.status_code in (200, 202), response.text
+        with stack.torchserve(timeout=120) as ts:
+            ts.scale(stack.model_name, "1.0", workers)
 
     serving = ready_workers(stack)
     scale(0)

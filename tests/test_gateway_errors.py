@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.hostile import png_bomb
-from tests.conftest import assert_finds_ground_truth, assert_valid_contract
+from benchmarks.hostile import png_bomb
+from tests.helpers import assert_finds_ground_truth, assert_valid_contract
 
 pytestmark = pytest.mark.integration
 

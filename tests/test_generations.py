@@ -14,12 +14,14 @@ import sys
 import cv2
 import pytest
 
-from scripts.parity import compare, violations
-from tests.conftest import ROOT, SAMPLES, handler_answers, handler_for, package
+from quality.parity import compare, violations
+from tests.helpers import ROOT, SAMPLES, handler_answers, handler_for, package
 
 sys.path.insert(0, str(ROOT / "models"))
 
-import reference  # noqa: E402
+from quality import reference  # noqa: E402
+
+pytestmark = pytest.mark.packaging
 
 GENERATIONS = {
     "v3u": "yolov3-tinyu.yaml",

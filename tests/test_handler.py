@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from ts.context import RequestProcessor
 
-from tests.conftest import assert_finds_ground_truth, handler_for
+from tests.helpers import assert_finds_ground_truth, handler_for
+
+pytestmark = pytest.mark.packaging
 
 
 @pytest.fixture(scope="module")

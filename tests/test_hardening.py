@@ -19,11 +19,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from benchmarks.hostile import trickle as slow_client
 from gateway.torchserve import worker_pids
-from scripts.deploy import Management
-from scripts.hostile import trickle as slow_client
-from scripts.stack import ready_workers, recorded_pid, wait_until
-from tests.conftest import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, package
+from operations.releases import load_version
+from operations.stack import ready_workers, recorded_pid, wait_until
+from tests.helpers import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, package
 
 pytestmark = pytest.mark.integration
 pillow_heif.register_heif_opener()
@@ -173,17 +173,17 @@ def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gatew
     assert built.returncode == 0, built.stdout + built.stderr
     gateway = extra_gateway(GATEWAY_UPSTREAM_TIMEOUT_S="20")
     photo = ground_truth[0].path.read_bytes()
-    with Management(stack) as ts:
-        ts.register("1.9")
+    with stack.torchserve() as ts:
+        load_version(stack, ts, "1.9")
         try:
-            (worker,) = ts.workers("1.9")
+            (worker,) = ts.workers(stack.model_name, "1.9")
             with ThreadPoolExecutor(max_workers=1) as pool:
                 answer = pool.submit(post, gateway.gateway_url, photo, version="1.9")
                 time.sleep(1)  # sent, and waiting in the 3 s batch window
                 psutil.Process(worker["pid"]).kill()
                 response = answer.result()
         finally:
-            ts.unregister("1.9")
+            ts.unregister(stack.model_name, "1.9")
     assert response.status_code == 200, response.text
     assert response.json()["model"]["version"] == "1.9"
     retried = 'gateway_upstream_retries_total{model="yolo",reason="lost_with_worker"}'

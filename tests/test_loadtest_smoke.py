@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def test_locust_smoke_has_no_failures(stack, tmp_path):
         [
             sys.executable,
             "-m",
-            "scripts.loadtest",
+            "benchmarks.loadtest",
             "--host",
             stack.gateway_url,
             "--users",

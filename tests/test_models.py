@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.deploy import Management, read_history
-from scripts.loadgen import Load
-from scripts.stack import all_ready, running, set_current, start_torchserve, stop_service, wait_until
-from scripts.torchserve import TorchServe
-from tests.conftest import ROOT, WEIGHTS, TestStack, package
+from benchmarks.loadgen import Load
+from operations.history import read_history
+from operations.releases import load_version
+from operations.stack import all_ready, running, set_current, start_torchserve, stop_service, wait_until
+from tests.helpers import ROOT, WEIGHTS, TestStack, package
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +63,10 @@ def operate(stack: TestStack, script: str, model: str, *args: str) -> subprocess
 
 
 def worker_pids(stack: TestStack, model: str) -> set[int]:
-    with TorchServe(stack) as ts:
-        return {w["pid"] for entry in ts.management("GET", model, "/all").json() for w in entry["workers"]}
+    with stack.torchserve() as ts:
+        return {w["pid"] for w in ts.workers(model)} | {
+            w["pid"] for version in ts.loaded_versions(model) for w in ts.workers(model, version)
+        }
 
 
 def post(url: str, image: Path, **params: str) -> httpx.Response:
@@ -203,9 +205,10 @@ def test_the_page_switches_between_models_and_their_versions(two, page, ground_t
     from tests.test_web_ui import upload, wait_for_answer
 
     truth = max(ground_truth, key=lambda t: len(t.boxes))
-    with Management(dataclasses.replace(two, model_name="parts")) as parts:
-        if "1.0" not in parts.loaded_versions():  # the restart above loaded each model's current version only
-            parts.register("1.0")
+    parts = dataclasses.replace(two, model_name="parts")
+    with parts.torchserve() as ts:
+        if "1.0" not in ts.loaded_versions("parts"):  # the restart above loaded each model's current version only
+            load_version(parts, ts, "1.0")
     page.goto(two.gateway_url)
     expect(page.locator("#models-status")).to_contain_text("Model yolo (detect)")
     options = ["parts (classify)", "spare (classify)", "yolo (detect) · default"]

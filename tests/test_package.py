@@ -8,9 +8,12 @@ import re
 import subprocess
 import zipfile
 
+import pytest
 import yaml
 
-from tests.conftest import ROOT, WEIGHTS, package
+from tests.helpers import ROOT, WEIGHTS, package
+
+pytestmark = pytest.mark.packaging
 
 
 def test_help_lists_the_options():
@@ -69,6 +72,17 @@ def test_broken_weights_are_refused_before_packaging(tmp_path):
     result = package(tmp_path, "9.0", bogus)
     assert result.returncode != 0
     assert "does not load" in result.stderr
+    assert not list(tmp_path.glob("*.mar"))
+
+
+def test_a_handler_key_the_handler_does_not_know_is_refused_by_name(tmp_path):
+    """The worker would refuse it when it loads; packaging says so first, naming the key and the file."""
+    config = tmp_path / "typo.yaml"
+    template = (ROOT / "serving" / "model-config.yaml").read_text()
+    config.write_text(template.replace("  conf: 0.25", "  confidence: 0.25"))
+    result = package(tmp_path, "1.0", WEIGHTS["1.0"], "--config", str(config))
+    assert result.returncode != 0
+    assert f"error: {config}: handler section: unknown handler key 'confidence'" in result.stderr, result.stderr
     assert not list(tmp_path.glob("*.mar"))
 
 

@@ -1,7 +1,7 @@
-"""The FastAPI peer `make bench` compares us against (scripts/peers.py) serves the real model correctly.
+"""The FastAPI peer `make bench` compares us against (benchmarks/peers.py) serves the real model correctly.
 
 A benchmark against a peer that answers fast but wrong would flatter the peer, so the peer is
-started as ``scripts/bench.py`` starts it, on the OpenVINO model of an archive built by
+started as ``benchmarks/bench.py`` starts it, on the OpenVINO model of an archive built by
 ``package_mar.sh`` (the ``model_store`` fixture), and must find what Ultralytics finds with
 the .pt weights on every sample image.
 """
@@ -17,9 +17,11 @@ import psutil
 import pytest
 from ultralytics import YOLO
 
-from scripts.peers import PeerProcess, peer_model
-from scripts.stack import free_port
-from tests.conftest import SAMPLES, WEIGHTS, iou
+from benchmarks.peers import PeerProcess, peer_model
+from operations.stack import free_port
+from tests.helpers import SAMPLES, WEIGHTS, iou
+
+pytestmark = pytest.mark.integration  # starts the peer server
 
 CLEAR = 0.28  # detections this confident must be in both answers; ones at the 0.25 threshold may differ by format
 

@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from scripts.deploy import Management, canary_path, lineage, previous_version, read_history
-from scripts.gate_metrics import gate_spec
-from scripts.loadgen import Load
-from scripts.stack import ready_workers, running, start_torchserve, stop_service, wait_until
-from tests.conftest import ROOT, WEIGHTS, TestStack, package
+from benchmarks.loadgen import Load
+from gateway.canary import Canary
+from operations.history import lineage, previous_version, read_canary, read_history
+from operations.stack import ready_workers, running, start_torchserve, stop_service, wait_until
+from quality.gate_metrics import gate_spec
+from tests.helpers import ROOT, WEIGHTS, TestStack, package
 
 integration = pytest.mark.integration
 CLIENTS = 8
@@ -109,8 +110,8 @@ def script(stack: TestStack, name: str, *args: str) -> subprocess.CompletedProce
 
 
 def serving(stack: TestStack) -> tuple[str | None, list[str]]:
-    with Management(stack) as ts:
-        return ts.default_version(), sorted(ts.loaded_versions())
+    with stack.torchserve() as ts:
+        return ts.default_version(stack.model_name), sorted(ts.loaded_versions(stack.model_name))
 
 
 def test_scripts_explain_themselves():
@@ -230,7 +231,7 @@ def predictions_by_version(stack: TestStack, model: str = "yolo") -> dict[str, f
 def test_canary_gets_its_share_then_is_promoted(rstack):
     started = script(rstack, "deploy", "2.0", "--canary", "20")
     assert started.returncode == 0, started.stderr
-    assert json.loads(canary_path(rstack).read_text()) == {"version": "2.0", "percent": 20.0}
+    assert read_canary(rstack) == Canary("2.0", 20.0)
     assert serving(rstack)[0] == "1.0", "a canary is not the default"
 
     before = predictions_by_version(rstack)
@@ -244,7 +245,7 @@ def test_canary_gets_its_share_then_is_promoted(rstack):
 
     promoted = script(rstack, "deploy", "2.0", "--promote")
     assert promoted.returncode == 0, promoted.stderr
-    assert not canary_path(rstack).exists()
+    assert read_canary(rstack) is None
     assert serving(rstack) == ("2.0", ["1.0", "2.0"])
     assert os.readlink(rstack.current_archive()) == "yolo_v2.0.mar"
     assert set(predict_many(rstack, 8)) == {"2.0"}
@@ -259,7 +260,7 @@ def test_rollback_aborts_a_canary(rstack):
     aborted = script(rstack, "rollback")
     assert aborted.returncode == 0, aborted.stderr
     assert "canary of 2.0 aborted" in aborted.stdout
-    assert not canary_path(rstack).exists()
+    assert read_canary(rstack) is None
     assert serving(rstack) == ("1.0", ["1.0"])
     assert set(predict_many(rstack, 16)) == {"1.0"}
     assert [e["action"] for e in read_history(rstack)][-2:] == ["canary", "rollback"]

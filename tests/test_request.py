@@ -47,10 +47,14 @@ def test_unknown_class_message_lists_the_known_ones():
 
 
 def test_config_reads_the_handler_section_and_checks_the_size():
-    config = HandlerConfig.from_yaml({"imgsz": 416, "conf": 0.4, "unrelated": 1})
-    assert (config.imgsz, config.conf, config.iou) == (416, 0.4, 0.7)
+    config = HandlerConfig.from_yaml({"imgsz": 416, "conf": 0.4, "format": "onnx"})
+    assert (config.imgsz, config.conf, config.iou, config.format) == (416, 0.4, 0.7, "onnx")
     with pytest.raises(ValueError, match="multiple of 32"):
         HandlerConfig.from_yaml({"imgsz": 300})
+    with pytest.raises(ValueError, match="unknown handler key 'confidence'; the handler knows: task, format"):
+        HandlerConfig.from_yaml({"confidence": 0.4})
+    with pytest.raises(ValueError, match="handler.format must be one of pt, torchscript, onnx, openvino"):
+        HandlerConfig.from_yaml({"format": "tflite"})
 
 
 def test_payload_from_raw_body_or_form_field():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import gate_metrics as gm
-from tests.conftest import (
+from quality import gate_metrics as gm
+from tests.helpers import (
     ROOT,
     SAMPLES,
     assert_finds_ground_truth,
@@ -28,6 +28,8 @@ from tests.conftest import (
 
 sys.path.insert(0, str(ROOT / "models"))
 from make_samples import GATE_MARGIN, REENCODE_QUALITY, margins, reencoded_copy  # noqa: E402
+
+pytestmark = pytest.mark.packaging
 
 # Served scores stay this far from conf on both sides (make_samples.py selected with 0.08 on Ultralytics' predict;
 # the served archive decodes and infers differently, so the test holds it to a little less).

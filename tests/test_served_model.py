@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, WEIGHTS
+from tests.helpers import ROOT, WEIGHTS
 
 sys.path.insert(0, str(ROOT / "models"))
 

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import assert_finds_ground_truth, assert_valid_contract
+from tests.helpers import assert_finds_ground_truth, assert_valid_contract
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from models import generate_tasks as gt  # noqa: E402
-from models.reference import reference_answers, to_answer  # noqa: E402
 from models.train_tasks import GATE_COUNT, MODELS_DIR, ROOT  # noqa: E402
-from scripts import gate_metrics as gm  # noqa: E402
+from quality import gate_metrics as gm  # noqa: E402
+from quality.reference import reference_answers, to_answer  # noqa: E402
 
 WEIGHTS = MODELS_DIR / "weights" / "tasks"
 GATES = ROOT / "samples" / "gates"

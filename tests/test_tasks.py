@@ -26,16 +26,17 @@ import yaml
 from PIL import Image
 from playwright.sync_api import expect
 
-from scripts.deploy import read_history
-from scripts.parity import EXPORTED_QUERY_CONF, Worst, compare, violations
-from scripts.stack import Stack, running
-from tests.conftest import ROOT, SAMPLES, handler_answers, handler_for, package
+from operations.history import read_history
+from operations.stack import Stack, running
+from quality.parity import EXPORTED_QUERY_CONF, Worst, compare, violations
+from tests.helpers import ROOT, SAMPLES, handler_answers, handler_for, package
 from tests.test_web_ui import screenshot, upload
 
 sys.path.insert(0, str(ROOT / "models"))
 
 import generate_tasks  # noqa: E402
-import reference  # noqa: E402
+
+from quality import reference  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,7 @@ def test_served_answers_match_ultralytics(served, parity_images):
 
 
 def record_worst(task: str, model_format: str, worst: Worst) -> None:
-    """Keep the worst case for REPORT.md (``python -m scripts.parity`` prints the table)."""
+    """Keep the worst case for REPORT.md (``python -m quality.parity`` prints the table)."""
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / f"parity-{task}-{model_format}.json").write_text(json.dumps(vars(worst), indent=1))
 
@@ -183,7 +184,7 @@ def test_masks_as_rle_match_their_outlines(served, parity_images):
     sent = parity_images[1][0]
     body = post(served.stack, sent, masks="rle").json()
     assert body["detections"], body
-    from scripts.gate_metrics import mask_iou, rasterise
+    from quality.gate_metrics import mask_iou, rasterise
     from yolo_geometry import rle_decode
 
     for det in body["detections"]:

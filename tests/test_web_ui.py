@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from scripts.deploy import Management, archive_for
-from scripts.stack import stop_service
-from tests.conftest import ROOT, free_port, package
+from operations.archives import archive_for
+from operations.releases import load_version
+from operations.stack import free_port, stop_service
+from tests.helpers import ROOT, package
 
 pytestmark = pytest.mark.integration
 
@@ -202,18 +203,18 @@ def test_pinning_a_version_compares_v1_and_v2(stack, page, ground_truth):
 @contextlib.contextmanager
 def second_version(stack, version: str):
     """Load ``version`` next to the default in the session's TorchServe; unload it afterwards if we loaded it."""
-    with Management(stack) as ts:
-        if version in ts.loaded_versions():
+    with stack.torchserve() as ts:
+        if version in ts.loaded_versions(stack.model_name):
             yield
             return
         if not archive_for(stack, version).is_file():
             result = package(stack.model_store, version)
             assert result.returncode == 0, result.stdout + result.stderr
-        ts.register(version)
+        load_version(stack, ts, version)
         try:
             yield
         finally:
-            ts.unregister(version)
+            ts.unregister(stack.model_name, version)
 
 
 def test_api_key_is_asked_for_and_remembered(stack, extra_gateway, page, ground_truth):

@@ -1,4 +1,4 @@
-# Local stand-in for prom/prometheus, built by scripts/compose_test.py only where Docker
+# Local stand-in for prom/prometheus, built by containers/compose_check.py only where Docker
 # Hub cannot be reached: Debian bookworm's prometheus package (2.42) on the same local
 # Debian base as docker/local/python.Dockerfile. Compose picks it with
 # PROMETHEUS_IMAGE=yolo-local/prometheus:bookworm; the flags and paths match the

@@ -1,4 +1,4 @@
-# Local stand-in for python:3.11.11-slim-bookworm, built by scripts/compose_test.py only
+# Local stand-in for python:3.11.11-slim-bookworm, built by containers/compose_check.py only
 # where Docker Hub cannot be reached (it is reachable on a user's machine, which pulls
 # the official image instead). FROM is a Debian bookworm root file system made with
 # debootstrap and `docker import`ed as yolo-local/debian:bookworm; Python is Debian's

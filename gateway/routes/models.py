@@ -14,12 +14,12 @@ from gateway.deps import get_settings, get_upstream
 from gateway.routes.predict import ModelName
 from gateway.schemas import ErrorResponse, ModelInfo, ModelsResponse
 from gateway.torchserve import ready_count
-from gateway.upstream import TorchServeClient
+from gateway.upstream import Upstream
 
 router = APIRouter(tags=["models"])
 
 
-async def model_info(upstream: TorchServeClient, model: str, default_model: str) -> dict:
+async def model_info(upstream: Upstream, model: str, default_model: str) -> dict:
     """One model: its versions with their workers and task, and the default version's classes."""
     default, every = await asyncio.gather(upstream.describe(model), upstream.describe(model, all_versions=True))
     default_version = default[0].get("modelVersion") if default else None

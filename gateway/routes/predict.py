@@ -21,13 +21,18 @@ from gateway.errors import APIError, error_content
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
 from gateway.uploads import UploadedFile, read_files
 from gateway.upstream import UNKNOWN_MODEL
+from serving.yolo_contract import (
+    CLASSES_PATTERN,
+    MASK_FORMATS,
+    MAX_DET_LIMIT,
+    NAME_PATTERN,
+    TOP_K_LIMIT,
+    VERSION_PATTERN,
+)
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
-VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"
-MODEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"  # package_mar.py's NAME_RE
-ModelName = Annotated[str, Path(pattern=MODEL_PATTERN, description="a model TorchServe serves (GET /models)")]
-CLASSES_PATTERN = r"^[A-Za-z0-9_\- ]+(,[A-Za-z0-9_\- ]+)*$"
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="a model TorchServe serves (GET /models)")]
 ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
@@ -66,14 +71,16 @@ class InferenceParams(BaseModel):
 
     conf: float | None = Field(None, ge=0, le=1, description="confidence threshold")
     iou: float | None = Field(None, ge=0, le=1, description="NMS IoU threshold")
-    max_det: int | None = Field(None, ge=1, le=1000, description="most detections per image")
+    max_det: int | None = Field(None, ge=1, le=MAX_DET_LIMIT, description="most detections per image")
     classes: str | None = Field(
         None, pattern=CLASSES_PATTERN, description="class names or ids to keep, comma-separated"
     )
-    masks: Literal["polygon", "rle"] | None = Field(
+    masks: Literal[MASK_FORMATS] | None = Field(
         None, description="segment: polygon outlines (default), or also each full-resolution mask as COCO RLE"
     )
-    top_k: int | None = Field(None, ge=1, le=1000, description="classify: how many classes to return (default 5)")
+    top_k: int | None = Field(
+        None, ge=1, le=TOP_K_LIMIT, description="classify: how many classes to return (default 5)"
+    )
     version: str | None = Field(None, pattern=VERSION_PATTERN, description="pin a model version, e.g. 1.0")
 
     def upstream_headers(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Locust load profile for the gateway: single predictions, batches, and a realistic mix.
 
-Run it through ``make loadtest`` (scripts/loadtest.py), which picks the user classes and
+Run it through ``make loadtest`` (benchmarks/loadtest.py), which picks the user classes and
 writes the CSV/HTML reports. Every request checks the body, not only the status code, so
 a 200 with an error body still counts as a failure. ``GATEWAY_API_KEY`` is sent as
 ``X-API-Key`` when set (gateways started with ``GATEWAY_API_KEYS``).

@@ -1,6 +1,6 @@
 """How far a served answer is from Ultralytics' own prediction on the same image, per task.
 
-``compare`` pairs the served detections with the reference ones (``models/reference.py``:
+``compare`` pairs the served detections with the reference ones (``quality/reference.py``:
 ``YOLO(weights).predict`` in the API's JSON shape) and reports the worst figure of each kind,
 so tests can hold them to the parity targets and ``REPORT.md`` can quote them:
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.gate_metrics import box_iou, mask_iou, rasterise, rotated_iou
+from quality.gate_metrics import box_iou, mask_iou, rasterise, rotated_iou
+from serving.yolo_contract import TASKS
 
 # The parity targets of issue 13: pt archives, and exported formats (OpenVINO, ONNX, TorchScript).
 STRICT = {"box_iou": 0.99, "conf": 0.002, "mask_iou": 0.97, "keypoint_px": 1.0, "obb_iou": 0.99}
@@ -177,8 +178,8 @@ def table(reports: Path) -> str:
         "keypoints px (max) | rotated IoU (min) | same top-5 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {task: i for i, task in enumerate(("detect", "segment", "pose", "obb", "classify"))}
-    formats = {fmt: i for i, fmt in enumerate(("pt", "openvino", "onnx", "torchscript"))}
+    order = {task: i for i, task in enumerate(TASKS)}
+    formats = {fmt: i for i, fmt in enumerate(("pt", "openvino", "onnx", "torchscript"))}  # eager first
     found = []
     for path in reports.glob("parity-*-*.json"):
         task, model_format = path.stem.split("-")[1:3]

@@ -2,7 +2,7 @@
 
 One place for the math, used twice: the deploy gate scores the API's answers (the JSON of
 notes/contract.md) and models/train_tasks.py scores Ultralytics' own predictions, converted
-to the same JSON by models/reference.py, to set each archive's threshold.
+to the same JSON by quality/reference.py, to set each archive's threshold.
 
 Metrics (one per task):
   detect, segment, obb  recall: share of labelled objects found by a prediction of the same

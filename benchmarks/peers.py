@@ -11,9 +11,9 @@ in an afternoon on the same weights and format. These are those afternoons, writ
   fastapi-pt  the FastAPI app on the eager ``best.pt``: a user who does not export (``--model best.pt``).
 
 Each answers ``{"status": "success", "detections": [...]}`` with Ultralytics' own boxes, and
-``GET /health``. Run one with ``python -m scripts.peers {fastapi,litserve} --model PATH --imgsz N --port P``
+``GET /health``. Run one with ``python -m benchmarks.peers {fastapi,litserve} --model PATH --imgsz N --port P``
 (``.venv-peers/bin/python`` has LitServe, uvloop and httptools; plain FastAPI also runs in ``.venv``).
-``PeerProcess`` starts one as a subprocess for ``scripts/bench.py`` and stops it.
+``PeerProcess`` starts one as a subprocess for ``benchmarks/bench.py`` and stops it.
 
 Threads for LitServe, as a competent user would set them on the 2-core target: two workers,
 each with one torch thread (letterbox and NMS) and its OpenVINO model recompiled with one
@@ -49,7 +49,7 @@ except ImportError:  # only .venv-peers has LitServe (requirements-peers.txt)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PEERS = ("fastapi", "litserve", "fastapi-pt")  # what scripts/bench.py measures; "-pt": the app on the eager best.pt
+PEERS = ("fastapi", "litserve", "fastapi-pt")  # what benchmarks/bench.py measures; "-pt": the app on the eager best.pt
 LITSERVE_WORKERS = 2
 LITSERVE_THREADS = 1  # per worker: LITSERVE_WORKERS x LITSERVE_THREADS = the 2 cores
 
@@ -179,7 +179,7 @@ class PeerProcess:
     def __init__(self, kind: str, model: Path, imgsz: int, port: int, log: Path, python: Path | None = None):
         self.kind, self.port, self.log = kind, port, log
         interpreter = python or (PEERS_PYTHON if PEERS_PYTHON.exists() else Path(sys.executable))
-        cmd = [str(interpreter), "-m", "scripts.peers", kind, "--model", str(model)]
+        cmd = [str(interpreter), "-m", "benchmarks.peers", kind, "--model", str(model)]
         cmd += ["--imgsz", str(imgsz), "--port", str(port)]
         env = {**os.environ, "YOLO_OFFLINE": "1"}
         with log.open("wb") as out:
@@ -200,7 +200,7 @@ class PeerProcess:
             return []
 
     def wait_ready(self, timeout: float = 180) -> None:
-        from scripts.stack import http_ok, wait_until
+        from operations.stack import http_ok, wait_until
 
         wait_until(lambda: http_ok(self.url + "/health"), f"peer {self.kind}", timeout, self.proc.pid, self.log)
 

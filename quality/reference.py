@@ -1,7 +1,7 @@
 """Ultralytics' own predictions in the API's JSON shape (notes/contract.md): the reference answers.
 
 Tests compare what the served archive answers with these for parity, and
-models/train_tasks.py scores them with scripts/gate_metrics.py to set each gate
+models/train_tasks.py scores them with quality/gate_metrics.py to set each gate
 threshold, so both sides of a comparison always speak the same JSON.
 """
 

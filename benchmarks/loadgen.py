@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.stack import wait_until
+from operations.stack import wait_until
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A Docker engine, Compose and the base images the stack's Dockerfiles start FROM.
 
-Used by scripts/compose_test.py. Where an engine answers it is used as it is; where
+Used by containers/compose_check.py. Where an engine answers it is used as it is; where
 none does, Debian's docker.io is installed and started, and only what was started
 here is stopped again. Base images are pulled where a registry gives them; where
 Docker Hub is unreachable they are built locally from Debian bookworm packages
