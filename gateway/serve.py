@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import error_content
 from gateway.settings import Settings
+from gateway.state import StateError, open_store
 
 REFUSED_LINGER_S = 1.0  # how long a refused connection's request is read and discarded before closing
 
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     settings = Settings()
+    try:
+        open_store(settings.state_store).close()  # a wrong GATEWAY_STATE_STORE is one line, not a traceback
+    except StateError as exc:
+        sys.exit(f"error: {exc} (set GATEWAY_STATE_STORE to a writable file or a redis:// URL)")
     HeaderDeadlineProtocol.settings = settings
     HeaderDeadlineProtocol.busy_response = _busy_response(settings)
     uvicorn.run(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -201,3 +203,21 @@ def test_admin_routes_are_in_the_openapi_document_with_the_operator_key(tmp_path
     assert {"/admin/models/{model}/canary", "/admin/models/{model}/history"} <= set(schema["paths"])
     assert schema["components"]["securitySchemes"]["AdminKey"] == {"type": "apiKey", "description": (
         "an operator key from GATEWAY_ADMIN_KEYS"), "in": "header", "name": "X-Admin-Key"}  # fmt: skip
+
+
+def test_a_wrong_store_location_stops_the_gateway_and_the_deploy_tool_with_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "GATEWAY_STATE_STORE": str(tmp_path / "file" / "state.db")}
+    gateway = subprocess.run(
+        [sys.executable, "-m", "gateway.serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert gateway.returncode == 1 and "Traceback" not in gateway.stderr, gateway.stderr
+    assert "error: cannot open the state store" in gateway.stderr and "GATEWAY_STATE_STORE" in gateway.stderr
+    history = subprocess.run(
+        [sys.executable, "-m", "scripts.deploy", "history", "--state-store", str(tmp_path / "file" / "state.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert history.returncode == 1 and "Traceback" not in history.stderr, history.stderr
+    assert history.stderr.startswith("error: cannot open the state store"), history.stderr
