@@ -47,9 +47,12 @@ def migrate(stack: Stack, store: StateStore) -> list[str]:
     for path in sorted(stack.state_dir.glob(f"*/{LEGACY_HISTORY}")):
         model = path.parent.name
         if not store.entries(history_log(model)):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    store.append(history_log(model), json.loads(line))
+            try:
+                entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            except ValueError as exc:
+                raise DeployError(f"{path} is not JSON lines ({exc}); fix or move it, then run again") from exc
+            for entry in entries:
+                store.append(history_log(model), entry)
         path.rename(path.with_name(path.name + ".migrated"))
         moved.append(str(path))
     for path in sorted(stack.state_dir.glob(f"*/{LEGACY_CANARY}")):

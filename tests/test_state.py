@@ -17,6 +17,7 @@ from gateway.canary import Canary
 from gateway.main import create_app
 from gateway.settings import Settings
 from gateway.state import RedisStore, SQLiteStore, StateError, canary_key, history_log, open_store
+from operations.archives import DeployError
 from operations.history import print_history, read_canary, read_history, record, write_canary
 from operations.stack import Stack, free_port, wait_until
 
@@ -221,3 +222,13 @@ def test_a_wrong_store_location_stops_the_gateway_and_the_deploy_tool_with_one_l
     )
     assert history.returncode == 1 and "Traceback" not in history.stderr, history.stderr
     assert history.stderr.startswith("error: cannot open the state store"), history.stderr
+
+
+def test_a_garbled_old_history_file_is_named_and_left_alone(tmp_path):
+    stack = Stack(run_dir=tmp_path, model_store=tmp_path)
+    old = stack.state_dir / "yolo" / "deploy_history.jsonl"
+    old.parent.mkdir(parents=True)
+    old.write_text('{"action": "deploy"}\n{half a line\n')
+    with pytest.raises(DeployError, match="deploy_history.jsonl is not JSON lines"):
+        read_history(stack)
+    assert old.read_text() == '{"action": "deploy"}\n{half a line\n', "nothing moved or lost"
