@@ -40,6 +40,11 @@ def get_store(request: Request) -> StateStore:
     return request.app.state.store
 
 
+def _known(presented: str, allowed: frozenset[str]) -> bool:
+    """Constant-time against every configured key, so the answer's timing says nothing about a key."""
+    return any(secrets.compare_digest(presented, key) for key in allowed)
+
+
 async def require_api_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
     """Accept ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` when keys are configured.
 
@@ -60,7 +65,7 @@ async def require_api_key(request: Request, api_key: str | None = Security(api_k
             "An API key is required: send it in the X-API-Key header.",
             {"WWW-Authenticate": "Bearer"},
         )
-    if not any(secrets.compare_digest(presented, key) for key in allowed):
+    if not _known(presented, allowed):
         raise APIError(401, "unauthorized", "The API key is not valid.", {"WWW-Authenticate": "Bearer"})
 
 
@@ -79,5 +84,5 @@ async def require_admin_key(request: Request, admin_key: str | None = Security(a
         )
     if not admin_key:
         raise APIError(401, "unauthorized", "An operator key is required: send it in the X-Admin-Key header.")
-    if not any(secrets.compare_digest(admin_key, key) for key in allowed):
+    if not _known(admin_key, allowed):
         raise APIError(401, "unauthorized", "The operator key is not valid.")

@@ -34,13 +34,29 @@ class TorchServeError(APIError):
     """
 
 
-def _message(response: httpx.Response) -> str:
-    """What TorchServe said: its JSON ``message``, else the start of the body."""
+def _json(response: httpx.Response) -> object:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        return response.text[:300]
-    return str(body.get("message", response.text[:300])) if isinstance(body, dict) else response.text[:300]
+        return None
+
+
+def handler_answer(response: httpx.Response) -> dict | None:
+    """The handler's own answer (``status`` success or error) in a prediction response; None when
+    TorchServe answered for itself (a refused key, an unknown model, a full queue)."""
+    body = _json(response)
+    return body if isinstance(body, dict) and body.get("status") in ("success", "error") else None
+
+
+def torchserve_message(response: httpx.Response, limit: int = 300) -> str:
+    """What TorchServe said: its JSON ``message``, else the start of the body."""
+    body = _json(response)
+    return str(body.get("message", response.text[:limit])) if isinstance(body, dict) else response.text[:limit]
+
+
+def version_suffix(version: str | None) -> str:
+    """The management path of one version, or of the default version when None."""
+    return f"/{version}" if version else ""
 
 
 @dataclass(frozen=True)
@@ -196,7 +212,7 @@ class TorchServeAPI:
         return await self.call("management", method, self.model_url(model, suffix), **kwargs)
 
     async def predict(self, model: str, version: str | None, image: bytes, headers: dict[str, str]) -> httpx.Response:
-        url = f"{self.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
+        url = f"{self.inference_url}/predictions/{model}{version_suffix(version)}"
         return await self.call("inference", "POST", url, content=image, headers=headers)
 
     async def describe(self, model: str, suffix: str = "") -> list[dict] | None:
@@ -217,15 +233,17 @@ class TorchServeAPI:
 
     async def workers(self, model: str, version: str | None = None) -> list[dict]:
         """The workers of one version (default: the default version), as the management API lists them."""
-        description = await self.describe(model, f"/{version}" if version else "")
+        description = await self.describe(model, version_suffix(version))
         return [w for entry in description or [] for w in entry.get("workers", [])]
 
     async def ready_workers(self, model: str, version: str | None = None) -> int:
-        return ready_count(await self.describe(model, f"/{version}" if version else "") or [])
+        return ready_count(await self.describe(model, version_suffix(version)) or [])
 
-    async def _changed(self, what: str, response: httpx.Response, ok: tuple[int, ...] = (200,)) -> None:
+    @staticmethod
+    def _changed(what: str, response: httpx.Response, ok: tuple[int, ...] = (200,)) -> None:
         if response.status_code not in ok:
-            raise TorchServeError(502, "torchserve_refused", f"TorchServe refused to {what}: {_message(response)}")
+            message = torchserve_message(response)
+            raise TorchServeError(502, "torchserve_refused", f"TorchServe refused to {what}: {message}")
 
     async def register(self, archive: str, model: str, **params: str | int) -> None:
         """Register ``archive`` (a file name in the model store) as ``model``, without waiting for its workers.
@@ -235,21 +253,21 @@ class TorchServeAPI:
         """
         params = {"url": archive, "model_name": model, "synchronous": "false", **params}
         response = await self.call("management", "POST", f"{self.management_url}/models", params=params)
-        await self._changed(f"load {archive}", response, (200, 202))
+        self._changed(f"load {archive}", response, (200, 202))
 
     async def scale(self, model: str, version: str, workers: int) -> None:
         params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
         response = await self.management("PUT", model, f"/{version}", params=params)
-        await self._changed(f"scale {model} {version}", response)
+        self._changed(f"scale {model} {version}", response)
 
     async def set_default(self, model: str, version: str) -> None:
         response = await self.management("PUT", model, f"/{version}/set-default")
-        await self._changed(f"make {version} the default", response)
+        self._changed(f"make {version} the default", response)
 
     async def unregister(self, model: str, version: str) -> None:
         """Unload one version; already gone is fine."""
         response = await self.management("DELETE", model, f"/{version}", timeout=120)
-        await self._changed(f"unload {version}", response, (200, 404))
+        self._changed(f"unload {version}", response, (200, 404))
 
     async def model_names(self) -> list[str]:
         """Every model registered, sorted, following the list's pages."""

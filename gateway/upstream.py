@@ -26,7 +26,7 @@ import httpx
 from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
-from gateway.torchserve import TorchServeAPI, worker_pids
+from gateway.torchserve import TorchServeAPI, handler_answer, torchserve_message, version_suffix, worker_pids
 
 # TorchServe 0.12 answers the jobs of a worker process that died (killed, out of memory) with
 # 507 {"type": "InternalServerException", "message": "Worker died."}; seen by killing workers under load.
@@ -91,13 +91,10 @@ class Upstream:
 
     async def _prediction_body(self, response: httpx.Response, model: str, version: str | None) -> dict:
         """The handler's JSON, or an ``APIError`` that says what TorchServe itself refused."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        if isinstance(body, dict) and body.get("status") in ("success", "error"):
+        body = handler_answer(response)
+        if body is not None:
             return body
-        text = body.get("message", response.text[:200]) if isinstance(body, dict) else response.text[:200]
+        text = torchserve_message(response, limit=200)
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         if response.status_code == 404:
             await self.require_known(model)
@@ -118,7 +115,7 @@ class Upstream:
 
     async def _read_worker_pids(self, model: str, version: str | None) -> frozenset[int] | None:
         """Read and remember the version's worker pids (a restarted worker has a new one); None for no such version."""
-        description = await self.api.describe(model, f"/{version}" if version else "")
+        description = await self.api.describe(model, version_suffix(version))
         if description is None:
             return None  # no such model or version: nothing to remember (names come from clients)
         pids = self._worker_pids[(model, version)] = worker_pids(description)
@@ -138,7 +135,7 @@ class Upstream:
 
     async def describe(self, model: str, version: str | None = None, all_versions: bool = False) -> list[dict]:
         """Management API's description of a model (default version, one version, or all)."""
-        description = await self.api.describe(model, "/all" if all_versions else (f"/{version}" if version else ""))
+        description = await self.api.describe(model, "/all" if all_versions else version_suffix(version))
         if description is None:
             await self.require_known(model)
             raise APIError(404, "model_not_found", f"version {version} of model {model!r} is not loaded")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.canary import Canary
+from gateway.canary import Canaries, Canary
 from gateway.state import StateError, StateStore, canary_key, history_entry, history_log, open_store
 from operations.archives import DeployError, archive_for
 from operations.packaging import sha256sum
@@ -118,10 +118,7 @@ def read_canary(stack: Stack) -> Canary | None:
 def write_canary(stack: Stack, canary: Canary | None) -> None:
     """Start, change or (None) stop the model's canary; the gateway sees it on its next request."""
     with state(stack) as store:
-        if canary is None:
-            store.delete(canary_key(stack.model_name))
-        else:
-            store.put(canary_key(stack.model_name), canary.stored())
+        Canaries(store).set(stack.model_name, canary)
 
 
 def print_history(stack: Stack, out=print) -> None:

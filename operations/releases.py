@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.canary import Canary
-from gateway.torchserve import BlockingTorchServe, TorchServeError
+from gateway.torchserve import BlockingTorchServe, TorchServeError, handler_answer, torchserve_message
 from operations.archives import DeployError, archive_for, archive_gate, check_archive
 from operations.history import SWITCHES, previous_version, read_canary, read_history, record, write_canary
 from operations.packaging import sha256sum
@@ -47,13 +47,10 @@ class Release:
     def answer(self, version: str, image: bytes) -> dict:
         """The handler's answer from ``version`` alone (an error answer when TorchServe's own error came back)."""
         response = self.ts.predict(self.model, version, image, {"Content-Type": "application/octet-stream"})
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and body.get("status") in ("success", "error"):
-            return body
-        message = body.get("message", response.text[:300]) if isinstance(body, dict) else response.text[:300]
+        answer = handler_answer(response)
+        if answer is not None:
+            return answer
+        message = torchserve_message(response)
         return {"status": "error", "error": {"code": f"http_{response.status_code}", "message": message}}
 
 
