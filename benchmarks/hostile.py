@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 import zlib
 
 
@@ -43,3 +44,27 @@ def trickle(host: str, port: int, head: bytes, drip: bytes, every_s: float, roun
                 return reply
             reply += data
     return None
+
+
+def greedy(
+    url: str, data: bytes, per_s: float, seconds: float, headers: dict, source: str
+) -> tuple[list[int], dict | None]:
+    """A client posting ``data`` to ``url`` at ``per_s`` requests a second for ``seconds`` from ``source``.
+
+    Returns the statuses it got, and its first 429's body and ``Retry-After``. Run it in a
+    process of its own, so its work does not slow the client measured beside it.
+    """
+    import httpx  # here, not at the top: the other clients need only the standard library
+
+    statuses, refusal = [], None
+    until = time.monotonic() + seconds
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=60) as client:
+        while time.monotonic() < until:
+            started = time.monotonic()
+            response = client.post(url, files={"file": ("greedy.jpg", data)}, headers=headers)
+            statuses.append(response.status_code)
+            if response.status_code == 429 and refusal is None:
+                refusal = {"body": response.json(), "retry_after": response.headers.get("Retry-After")}
+            time.sleep(max(0.0, 1 / per_s - (time.monotonic() - started)))
+    return statuses, refusal

@@ -7,8 +7,12 @@ started on free ports. Until the duration is spent:
 - ``--clients`` threads post good photos (the JPEG samples, and HEIC, AVIF and PGM copies): 200;
 - one thread posts hostile uploads, each expecting its exact 4xx (empty, text, truncated,
   pixel bomb, oversized, wrong field, bad parameter);
-- ``--slow-clients`` threads trickle a byte every few seconds: half of them a 5 MB body
-  (the body deadline answers 408), half of them headers (the header deadline closes).
+- ``--slow-clients`` threads trickle a byte every few seconds: a third of them headers (the
+  header deadline closes), a third a 5 MB body (under the minimum rate once the grace is over:
+  408), a third a body whose first 1 MB comes at once (spooled past the memory buffer; above the
+  minimum rate, so the body deadline answers 408).
+
+The gateway runs with its default limits (listed at the top of the report).
 
 Every ``--interval`` seconds the resident memory and open file descriptors of every process
 (gateway, TorchServe frontend, each worker) are sampled, and once more after the traffic
@@ -37,6 +41,7 @@ from PIL import Image
 
 from benchmarks.hostile import trickle as slow_client
 from benchmarks.loadtest import stack_processes
+from gateway.settings import Settings
 from operations.stack import ROOT, Stack, running
 
 SAMPLES = ROOT / "samples"
@@ -116,19 +121,22 @@ class Traffic:
                     self.record(what, str(status), _post(client, self.url, kwargs))
                     time.sleep(0.5)
 
-    def slow(self, headers_only: bool) -> None:
+    def slow(self, kind: str) -> None:
         host, port = httpx.URL(self.url).host, httpx.URL(self.url).port
+        body_head = (
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5000000\r\n"
+            "Content-Type: multipart/form-data; boundary=soak\r\n\r\n--soak\r\n"
+            'Content-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
+        ).encode()
+        head, what = {
+            "headers": (b"POST /predict HTTP/1.1\r\n", "slow headers"),
+            "body": (body_head, "slow 5 MB body"),
+            "front-loaded": (body_head + b"\xff" * 2**20, "slow body, 1 MB at once"),
+        }[kind]
+        drip = b"X-Slow: 1\r\n" if kind == "headers" else b"x"
+        expected = "closed" if kind == "headers" else "408"
         while time.monotonic() < self.until:
-            if headers_only:
-                self.record(
-                    "slow headers", "closed", trickle(host, port, b"POST /predict HTTP/1.1\r\n", b"X-Slow: 1\r\n")
-                )
-            else:
-                head = (
-                    f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5000000\r\n"
-                    "Content-Type: multipart/form-data; boundary=soak\r\n\r\n--soak\r\n"
-                ).encode()
-                self.record("slow 5 MB body", "408", trickle(host, port, head, b"x"))
+            self.record(what, expected, trickle(host, port, head, drip))
 
 
 def _post(client: httpx.Client, url: str, kwargs: dict) -> str:
@@ -164,8 +172,9 @@ def run(args: argparse.Namespace, stack: Stack) -> dict:
     # daemons: an interrupted soak stops its stack and exits instead of waiting for the clients
     threads = [threading.Thread(target=traffic.good, args=(seed,), daemon=True) for seed in range(args.clients)]
     threads.append(threading.Thread(target=traffic.hostile, daemon=True))
+    kinds = ("headers", "body", "front-loaded")
     threads += [
-        threading.Thread(target=traffic.slow, args=(i % 2 == 1,), daemon=True) for i in range(args.slow_clients)
+        threading.Thread(target=traffic.slow, args=(kinds[i % 3],), daemon=True) for i in range(args.slow_clients)
     ]
     for thread in threads:
         thread.start()
@@ -202,7 +211,13 @@ def markdown(result: dict, warmup_s: float) -> str:
     """The soak's tables: per process start (after warm-up) / end / peak / after traffic, and every status seen."""
     samples = result["samples"]
     start = next((s for s in samples if s["t"] >= warmup_s), samples[0])
+    limits = Settings()
     lines = [
+        f"Gateway limits (defaults): body deadline {limits.body_timeout_s:g} s, grace {limits.upload_grace_s:g} s, "
+        f"minimum rate {limits.min_upload_rate} B/s, {limits.max_slow_uploads_per_address} slow uploads per "
+        f"address, {limits.upload_buffer_bytes // 1024} KiB in memory per upload, "
+        f"{limits.max_pending_predictions} pending predictions, {limits.max_client_connections} connections.",
+        "",
         f"Soak of {result['duration_s'] / 60:.0f} min; {len(samples)} samples; start = first sample after "
         f"{warmup_s:.0f} s of warm-up; after = {result['after_traffic']['t'] - result['duration_s']:.0f} s after "
         "the traffic stopped.",
@@ -229,7 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=parse_duration, default="30m", help="e.g. 90s, 30m, 2h (default: 30m)")
     parser.add_argument("--clients", type=int, default=4, help="threads of good uploads (default: %(default)s)")
-    parser.add_argument("--slow-clients", type=int, default=10, help="trickling connections (default: %(default)s)")
+    parser.add_argument("--slow-clients", type=int, default=12, help="trickling connections (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=15, help="seconds between samples (default: %(default)s)")
     parser.add_argument("--settle", type=float, default=15, help="seconds to wait before the last sample")
     parser.add_argument("--reports", type=Path, default=ROOT / "reports", help="report directory (default: reports/)")

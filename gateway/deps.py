@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader
 
 from gateway.canary import Canaries
 from gateway.errors import APIError
+from gateway.limits import PendingPredictions, TokenBuckets, client_address, rate_limited
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.state import StateStore
@@ -40,6 +41,10 @@ def get_store(request: Request) -> StateStore:
     return request.app.state.store
 
 
+def get_pending(request: Request) -> PendingPredictions:
+    return request.app.state.pending
+
+
 def _known(presented: str, allowed: frozenset[str]) -> bool:
     """Constant-time against every configured key, so the answer's timing says nothing about a key."""
     return any(secrets.compare_digest(presented, key) for key in allowed)
@@ -67,6 +72,35 @@ async def require_api_key(request: Request, api_key: str | None = Security(api_k
         )
     if not _known(presented, allowed):
         raise APIError(401, "unauthorized", "The API key is not valid.", {"WWW-Authenticate": "Bearer"})
+    request.state.api_key = presented
+
+
+async def limit_rate(request: Request) -> None:
+    """One token of this client's bucket per request, taken after ``require_api_key`` and before the body is read.
+
+    A refused request costs its headers only.
+    """
+    spend_tokens(request, 1)
+
+
+def spend_tokens(request: Request, tokens: int) -> None:
+    """Spend ``tokens`` of this client's bucket (its API key's, or its address's when keys are off), else 429.
+
+    The key or address names a bucket in memory, never a metric label.
+    """
+    buckets: TokenBuckets | None = request.app.state.rate_buckets
+    if buckets is None or tokens <= 0:
+        return
+    key = getattr(request.state, "api_key", None)
+    if key is not None:
+        identity, who = f"key {key}", "This API key"
+    else:
+        address = client_address(request.scope, get_settings(request).trusted_proxy_networks)
+        identity, who = f"address {address}", f"Address {address}"
+    wait_s = buckets.take(identity, tokens)
+    if wait_s:
+        get_metrics(request).cut_uploads.labels("rate_limited").inc()
+        raise rate_limited(wait_s, buckets.rate, buckets.burst, who)
 
 
 async def require_admin_key(request: Request, admin_key: str | None = Security(admin_key_header)) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from gateway.canary import Canaries
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
+from gateway.limits import PendingPredictions, TokenBuckets
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.routes import admin, health, models, predict, ui
 from gateway.settings import Settings
@@ -40,12 +41,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     store = app.state.store = open_store(settings.state_store)
     app.state.canaries = Canaries(store)
+    pending = app.state.pending = PendingPredictions(
+        settings.max_pending_predictions, settings.retry_after_s, metrics.cut_uploads.labels("busy").inc
+    )
+    metrics.pending.set_function(lambda: pending.count)
+    app.state.rate_buckets = (
+        TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst) if settings.rate_limit_per_s else None
+    )
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(ui.router)
-    app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/503 are counted
+    app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/429 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

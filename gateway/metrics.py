@@ -34,6 +34,11 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Requests being handled", registry=self.registry)
+        self.pending = Gauge(
+            "gateway_pending_predictions",
+            "Requests whose body is complete, waiting for or in TorchServe (GATEWAY_MAX_PENDING_PREDICTIONS caps it)",
+            registry=self.registry,
+        )
         self.upload_bytes = Histogram(
             "gateway_upload_bytes", "Size of uploaded images", buckets=SIZE_BUCKETS, registry=self.registry
         )
@@ -45,7 +50,8 @@ class GatewayMetrics:
         )
         self.cut_uploads = Counter(
             "gateway_cut_uploads",
-            "Uploads answered before their body was read: body_timeout (408) or busy (503)",
+            "Uploads refused or cut, by reason: body_timeout and body_too_slow (408), too_many_slow_uploads and "
+            "rate_limited (429), busy (503: predictions waiting for TorchServe at their limit)",
             ["reason"],
             registry=self.registry,
         )

@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import error_content
@@ -86,16 +88,35 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
+def _settings_or_exit() -> Settings:
+    """The environment's settings, checked where a mistake would otherwise surface on a request: one line each."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"GATEWAY_{'.'.join(map(str, error['loc'])).upper().removeprefix('GATEWAY_')}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.exit(f"error: {problems}")
+    try:
+        open_store(settings.state_store).close()
+    except StateError as exc:
+        sys.exit(f"error: {exc} (set GATEWAY_STATE_STORE to a writable file or a redis:// URL)")
+    if settings.spool_dir is not None:
+        try:
+            settings.spool_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=settings.spool_dir).close()
+        except OSError as exc:
+            sys.exit(f"error: cannot spool uploads in {settings.spool_dir}: {exc.strerror} (set GATEWAY_SPOOL_DIR)")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gateway.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    settings = Settings()
-    try:
-        open_store(settings.state_store).close()  # a wrong GATEWAY_STATE_STORE is one line, not a traceback
-    except StateError as exc:
-        sys.exit(f"error: {exc} (set GATEWAY_STATE_STORE to a writable file or a redis:// URL)")
+    settings = _settings_or_exit()
     HeaderDeadlineProtocol.settings = settings
     HeaderDeadlineProtocol.busy_response = _busy_response(settings)
     uvicorn.run(

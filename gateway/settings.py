@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every knob the gateway has; defaults match the local stack started by ``make up``."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", populate_by_name=True)
 
     ts_inference_url: str = Field("http://127.0.0.1:8085", description="TorchServe inference API")
     ts_management_url: str = Field("http://127.0.0.1:8086", description="TorchServe management API (server side only)")
@@ -25,13 +26,41 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(2.0, gt=0, description="time allowed to open a connection to TorchServe")
     max_connections: int = Field(64, gt=0, description="pooled connections to TorchServe")
     token_refresh_margin_s: float = Field(300.0, ge=0, description="refresh a TorchServe key this long before expiry")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 answers")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 busy and 429 too_many_slow_uploads")
     body_timeout_s: float = Field(60.0, gt=0, description="time allowed to receive a request's whole body (then 408)")
     header_timeout_s: float = Field(10.0, gt=0, description="time allowed to send a request's headers (then closed)")
     max_client_connections: int = Field(
         500, gt=0, description="open client connections; past it a new one gets 503 and is closed"
     )
-    max_concurrent_uploads: int = Field(100, gt=0, description="requests with a body handled at once (then 503)")
+    max_pending_predictions: int = Field(
+        100,
+        gt=0,
+        validation_alias=AliasChoices("GATEWAY_MAX_PENDING_PREDICTIONS", "GATEWAY_MAX_CONCURRENT_UPLOADS"),
+        description="requests whose body is complete waiting for or in TorchServe (then 503 busy); "
+        "bodies still arriving never count (formerly GATEWAY_MAX_CONCURRENT_UPLOADS)",
+    )
+    upload_grace_s: float = Field(
+        5.0, ge=0, description="time a body may take before its minimum rate and its address's cap apply"
+    )
+    min_upload_rate: int = Field(
+        8192, ge=0, description="bytes/s a body must average once its grace is over (then 408 body_too_slow); 0: off"
+    )
+    max_slow_uploads_per_address: int = Field(
+        20, ge=0, description="uploads from one client address still arriving after the grace (then 429); 0: off"
+    )
+    upload_buffer_bytes: int = Field(
+        256 * 1024, ge=0, description="bytes of an upload held in memory; the rest is spooled to GATEWAY_SPOOL_DIR"
+    )
+    spool_dir: Path | None = Field(
+        None, description="where uploads past the buffer are spooled (a disk, not a tmpfs); default: the system's"
+    )
+    trusted_proxies: str = Field(
+        "", description="comma-separated addresses/networks whose X-Forwarded-For names the client; empty: none"
+    )
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="predictions/s per API key (per client address when keys are off); 0: no limit"
+    )
+    rate_limit_burst: int = Field(10, ge=1, description="predictions a client may send at once above its rate")
     drain_max_bytes: int = Field(
         64 * 1024 * 1024, ge=0, description="most unread body read and discarded so a client sees an early answer"
     )
@@ -44,9 +73,23 @@ class Settings(BaseSettings):
         "", description="comma-separated operator keys (X-Admin-Key) for /admin routes; empty turns them off (403)"
     )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or network (say 10.0.0.5 or 10.0.0.0/24)") from None
+        return value
+
     @cached_property
     def api_key_set(self) -> frozenset[str]:
         return _keys(self.api_keys)
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return tuple(ip_network(item.strip(), strict=False) for item in self.trusted_proxies.split(",") if item.strip())
 
     @cached_property
     def admin_key_set(self) -> frozenset[str]:

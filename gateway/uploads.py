@@ -3,11 +3,17 @@
 Starlette's form parser spools a whole upload before the app sees it; here every chunk is
 counted as it streams in, so an oversized upload is refused with 413 after at most one
 limit's worth of bytes, never after reading it all. The image bytes are not decoded.
+
+While a body arrives, each file part is held in memory up to ``buffer_bytes`` and spooled to
+a temporary file in ``spool_dir`` past it, so many uploads arriving at once cost disk, not
+memory. The bytes are read back only once the whole body is there.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
@@ -35,11 +41,13 @@ class _Collector:
     fields: frozenset[str]
     max_file_bytes: int
     max_files: int
-    files: list[UploadedFile] = field(default_factory=list)
+    buffer_bytes: int
+    spool_dir: Path | None
+    parts: list[tuple[str, str | None, str | None, tempfile.SpooledTemporaryFile]] = field(default_factory=list)
     _headers: dict[bytes, bytes] = field(default_factory=dict)
     _header_name: bytes = b""
     _header_value: bytes = b""
-    _chunks: list[bytes] = field(default_factory=list)
+    _spool: tempfile.SpooledTemporaryFile | None = None
     _size: int = 0
 
     def callbacks(self) -> dict:
@@ -54,7 +62,7 @@ class _Collector:
         }
 
     def _part_begin(self) -> None:
-        self._headers, self._chunks, self._size = {}, [], 0
+        self._headers, self._spool, self._size = {}, None, 0
 
     def _add_name(self, data: bytes) -> None:
         self._header_name += data
@@ -77,27 +85,45 @@ class _Collector:
         if name not in self.fields:
             expected = " or ".join(repr(f) for f in sorted(self.fields))
             raise APIError(400, "unknown_field", f"Unexpected form field {name!r}; send the image in field {expected}.")
-        if len(self.files) >= self.max_files:
+        if len(self.parts) >= self.max_files:
             raise APIError(400, "too_many_files", f"At most {self.max_files} files are accepted per request.")
+        # closed in close(), once the request is read or refused
+        self._spool = tempfile.SpooledTemporaryFile(self.buffer_bytes, dir=self.spool_dir)  # noqa: SIM115
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
         if self._size > self.max_file_bytes:
             raise APIError(413, "file_too_large", f"Each file may be at most {self.max_file_bytes} bytes.")
-        self._chunks.append(data[start:end])
+        self._spool.write(data[start:end])
 
     def _part_end(self) -> None:
         name, filename = self._disposition()
         content_type = self._headers.get(b"content-type")
-        self.files.append(
-            UploadedFile(
-                name, filename, content_type.decode("latin-1") if content_type else None, b"".join(self._chunks)
-            )
-        )
+        self.parts.append((name, filename, content_type.decode("latin-1") if content_type else None, self._spool))
+        self._spool = None
+
+    def files(self) -> list[UploadedFile]:
+        """The complete parts, read back from their spools."""
+        files = []
+        for name, filename, content_type, spool in self.parts:
+            spool.seek(0)
+            files.append(UploadedFile(name, filename, content_type, spool.read()))
+        return files
+
+    def close(self) -> None:
+        for *_, spool in self.parts:
+            spool.close()
+        if self._spool is not None:
+            self._spool.close()
 
 
 async def read_files(
-    request: Request, fields: frozenset[str], max_file_bytes: int, max_files: int
+    request: Request,
+    fields: frozenset[str],
+    max_file_bytes: int,
+    max_files: int,
+    buffer_bytes: int = 256 * 1024,
+    spool_dir: Path | None = None,
 ) -> list[UploadedFile]:
     """Read the multipart files of ``request``; 400/413 as soon as the stream breaks a rule."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
@@ -113,7 +139,7 @@ async def read_files(
         raise APIError(
             413, "file_too_large", f"The upload is {declared} bytes; each file may be at most {max_file_bytes}."
         )
-    collector = _Collector(fields, max_file_bytes, max_files)
+    collector = _Collector(fields, max_file_bytes, max_files, buffer_bytes, spool_dir)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
     received = 0
     try:
@@ -123,11 +149,21 @@ async def read_files(
                 raise APIError(413, "file_too_large", f"The upload exceeds {budget} bytes; stopped reading it.")
             parser.write(chunk)
         parser.finalize()
+        files = collector.files()
     except FormParserError as exc:
         raise APIError(400, "malformed_multipart", f"The multipart body could not be parsed: {exc}") from exc
-    if not collector.files:
+    except OSError as exc:
+        raise APIError(
+            503,
+            "spool_unavailable",
+            f"The gateway could not spool the upload ({exc.strerror}); retry shortly.",
+            {"Retry-After": "5"},
+        ) from exc
+    finally:
+        collector.close()
+    if not files:
         raise APIError(400, "missing_file", "No file was uploaded; send the image in form field 'file'.")
-    for upload in collector.files:
+    for upload in files:
         if not upload.data:
             raise APIError(400, "empty_file", f"The uploaded file {upload.filename or upload.field!r} is empty.")
-    return collector.files
+    return files

@@ -102,6 +102,12 @@ def answers(url: str) -> bool:
         return False
 
 
+def metric_total(url: str, name: str) -> float:
+    """The sum of a gateway metric's samples whose line starts with ``name`` (a name, or a name and labels)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
 def handler_for(archive: Path, tmp_path: Path):
     """The handler of an archive, initialised from its unpacked files the way a TorchServe worker does it."""
     from ts.context import Context

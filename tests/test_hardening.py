@@ -19,11 +19,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from benchmarks import soak
 from benchmarks.hostile import trickle as slow_client
 from gateway.torchserve import worker_pids
 from operations.releases import load_version
 from operations.stack import ready_workers, recorded_pid, wait_until
-from tests.helpers import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, package
+from tests.helpers import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid_contract, metric_total, package
 
 pytestmark = pytest.mark.integration
 pillow_heif.register_heif_opener()
@@ -54,11 +55,6 @@ def post(url: str, data: bytes, name: str = "photo.jpg", **params) -> httpx.Resp
     return httpx.post(f"{url}/predict", files={"file": (name, data)}, params=params, timeout=60)
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_slow_uploads_are_cut_while_normal_requests_answer(stack, extra_gateway, ground_truth):
     gateway = extra_gateway(GATEWAY_BODY_TIMEOUT_S="2")
     photo = ground_truth[0].path.read_bytes()
@@ -72,7 +68,7 @@ def test_slow_uploads_are_cut_while_normal_requests_answer(stack, extra_gateway,
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b"connection: close" in reply.lower()
         assert json_body(reply)["error"]["code"] == "body_timeout"
-    assert metric(gateway.gateway_url, 'gateway_cut_uploads_total{reason="body_timeout"}') == 10
+    assert metric_total(gateway.gateway_url, 'gateway_cut_uploads_total{reason="body_timeout"}') == 10
 
 
 def test_slow_headers_are_cut(stack, extra_gateway):
@@ -82,26 +78,50 @@ def test_slow_headers_are_cut(stack, extra_gateway):
     assert httpx.get(f"{gateway.gateway_url}/health", timeout=10).status_code == 200
 
 
-def test_uploads_past_the_cap_get_a_clear_503(stack, extra_gateway, ground_truth):
-    gateway = extra_gateway(GATEWAY_MAX_CONCURRENT_UPLOADS="2", GATEWAY_BODY_TIMEOUT_S="3")
+def test_predictions_past_the_cap_get_a_clear_503_and_arriving_bodies_hold_no_slot(stack, extra_gateway, ground_truth):
+    gateway = extra_gateway(GATEWAY_MAX_PENDING_PREDICTIONS="1", GATEWAY_BODY_TIMEOUT_S="3")
+    photo = ground_truth[0].path.read_bytes()
     holding = threading.Barrier(3)
 
-    def hold_a_slot() -> bytes | None:
+    def hold_a_body() -> bytes | None:
         with socket.create_connection((gateway.host, gateway.gateway_port), timeout=10) as sock:
             sock.sendall(SLOW_BODY_HEAD)
             holding.wait()
             sock.settimeout(CUT_WITHIN_S)
             return sock.recv(65536)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        slots = [pool.submit(hold_a_slot) for _ in range(2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two bodies still arriving: the one slot stays free
+        slots = [pool.submit(hold_a_body) for _ in range(2)]
         holding.wait()
-        wait_until(lambda: metric(gateway.gateway_url, "gateway_in_flight_requests") >= 3, "slots held", 10)
-        busy = post(gateway.gateway_url, ground_truth[0].path.read_bytes())
+        wait_until(lambda: metric_total(gateway.gateway_url, "gateway_in_flight_requests") >= 3, "bodies held", 10)
+        assert post(gateway.gateway_url, photo).status_code == 200
         assert [slot.result().startswith(b"HTTP/1.1 408") for slot in slots] == [True, True]
-    assert busy.status_code == 503, busy.text
+
+    stop = threading.Event()
+
+    def batches() -> None:  # keeps a prediction waiting for TorchServe nearly all the time
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                http.post(f"{gateway.gateway_url}/predict/batch", files=[("files", ("p.jpg", photo))] * 8)
+
+    pending = "gateway_pending_predictions "
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pumps = [pool.submit(batches) for _ in range(2)]
+        singles = []
+        for _ in range(100):
+            wait_until(lambda: metric_total(gateway.gateway_url, pending) >= 1, "a prediction pending", 30)
+            singles.append(post(gateway.gateway_url, photo))
+            if singles[-1].status_code == 503:
+                break
+        stop.set()
+        for pump in pumps:
+            pump.result()
+    busy = singles[-1]
+    assert busy.status_code == 503, [single.status_code for single in singles]
     assert busy.json()["error"]["code"] == "busy" and busy.headers["Retry-After"]
-    assert post(gateway.gateway_url, ground_truth[0].path.read_bytes()).status_code == 200
+    assert {single.status_code for single in singles[:-1]} <= {200}
+    assert metric_total(gateway.gateway_url, 'gateway_cut_uploads_total{reason="busy"}') >= 1
+    assert post(gateway.gateway_url, photo).status_code == 200
 
 
 def test_a_40_mib_upload_gets_a_readable_413_for_a_client_that_writes_first(stack):
@@ -125,7 +145,7 @@ def test_killing_every_worker_under_load_loses_no_request(stack, ground_truth):
     photo = ground_truth[0].path.read_bytes()
     serving = ready_workers(stack)
     assert serving > 0
-    retries_before = metric(stack.gateway_url, "gateway_upstream_retries_total")
+    retries_before = metric_total(stack.gateway_url, "gateway_upstream_retries_total")
     answered = threading.Semaphore(0)
 
     def client() -> list[int]:
@@ -147,7 +167,7 @@ def test_killing_every_worker_under_load_loses_no_request(stack, ground_truth):
         statuses = Counter(s for c in clients for s in c.result())
     wait_until(lambda: ready_workers(stack) == serving, "workers restarted", 120)
     assert statuses == {200: 96}
-    assert metric(stack.gateway_url, "gateway_upstream_retries_total") > retries_before
+    assert metric_total(stack.gateway_url, "gateway_upstream_retries_total") > retries_before
     refused = post(stack.gateway_url, b"not an image at all", "text.jpg")
     assert refused.status_code == 415  # a 4xx is answered as is, never retried
 
@@ -187,7 +207,7 @@ def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gatew
     assert response.status_code == 200, response.text
     assert response.json()["model"]["version"] == "1.9"
     retried = 'gateway_upstream_retries_total{model="yolo",reason="lost_with_worker"}'
-    assert metric(gateway.gateway_url, retried) == 1
+    assert metric_total(gateway.gateway_url, retried) == 1
 
 
 def phone_photo(fmt: str, truth) -> bytes:
@@ -249,3 +269,17 @@ def test_a_client_waiting_for_100_continue_gets_the_413_without_sending_the_body
             reply += data
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert json_body(reply)["error"]["code"] == "file_too_large"
+
+
+def test_a_short_soak_gets_only_the_expected_answers_and_leaks_no_descriptor(stack, extra_gateway):
+    """`make soak`'s traffic for 30 s: good photos, hostile uploads and the three kinds of slow client."""
+    gateway = extra_gateway(GATEWAY_BODY_TIMEOUT_S="8", GATEWAY_HEADER_TIMEOUT_S="3")
+    process = psutil.Process(recorded_pid(gateway, "gateway"))
+    fds_before = process.num_fds()
+    args = soak.parse_args(["--duration", "30s", "--clients", "2", "--slow-clients", "6", "--interval", "5"])
+    args.settle = 3
+    result = soak.run(args, gateway)
+    assert result["unexpected"] == 0, result["counts"]
+    seen = {what.split(" -> ")[0] for what in result["counts"]}
+    assert {"slow headers", "slow 5 MB body", "slow body, 1 MB at once", "good .jpg", "7 MB upload"} <= seen, seen
+    assert process.num_fds() <= fds_before + 2, f"{fds_before} descriptors before, {process.num_fds()} after"

@@ -16,7 +16,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.annotate import annotate
-from gateway.deps import get_canaries, get_metrics, get_settings, get_upstream, require_api_key
+from gateway.deps import (
+    get_canaries,
+    get_metrics,
+    get_pending,
+    get_settings,
+    get_upstream,
+    limit_rate,
+    require_api_key,
+    spend_tokens,
+)
 from gateway.errors import APIError, error_content
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
 from gateway.uploads import UploadedFile, read_files
@@ -30,7 +39,7 @@ from serving.yolo_contract import (
     VERSION_PATTERN,
 )
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key), Depends(limit_rate)])
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="a model TorchServe serves (GET /models)")]
 ERRORS = {
@@ -41,8 +50,11 @@ ERRORS = {
         404: "no such model (the answer names the served ones), or the pinned version is not loaded",
         413: "upload or image too large",
         415: "not a decodable image",
+        408: "the body arrived too slowly (body_too_slow) or not within the deadline (body_timeout)",
         422: "bad query parameter, or one the model's task does not take (e.g. top_k on a detector)",
-        503: "TorchServe down, no ready worker or queue full (with Retry-After)",
+        429: "over this client's rate (rate_limited), or too many slow uploads from its address (with Retry-After)",
+        503: "the gateway's predictions waiting for TorchServe at their limit (busy), TorchServe down, no ready "
+        "worker or queue full (with Retry-After)",
         504: "TorchServe did not answer in time",
     }.items()
 }
@@ -157,10 +169,23 @@ async def predict_batch(request: Request, params: Annotated[InferenceParams, Que
     return await _predict_batch(request, get_settings(request).default_model, params)
 
 
+async def _read(request: Request, field: str, max_files: int) -> list[UploadedFile]:
+    settings = get_settings(request)
+    return await read_files(
+        request,
+        frozenset({field}),
+        settings.max_upload_bytes,
+        max_files,
+        settings.upload_buffer_bytes,
+        settings.spool_dir,
+    )
+
+
 async def _predict(request: Request, model: str, params: PredictParams) -> Response:
     settings = get_settings(request)
-    (upload,) = await read_files(request, frozenset({"file"}), settings.max_upload_bytes, max_files=1)
-    status, body = await predict_one(request, model, upload.data, params)
+    (upload,) = await _read(request, "file", max_files=1)
+    with get_pending(request).hold():
+        status, body = await predict_one(request, model, upload.data, params)
     if status != 200:
         return JSONResponse(body, status_code=status, headers=_retry_after(status, settings.retry_after_s))
     headers = {"X-Model-Version": body["model"]["version"]}
@@ -171,9 +196,10 @@ async def _predict(request: Request, model: str, params: PredictParams) -> Respo
 
 async def _predict_batch(request: Request, model: str, params: InferenceParams) -> JSONResponse:
     """Every image is sent to TorchServe at once, so its batching can group them."""
-    settings = get_settings(request)
-    uploads = await read_files(request, frozenset({"files"}), settings.max_upload_bytes, settings.max_batch_files)
-    answers = await asyncio.gather(*(predict_one(request, model, upload.data, params) for upload in uploads))
+    uploads = await _read(request, "files", get_settings(request).max_batch_files)
+    spend_tokens(request, len(uploads) - 1)  # one token an image: the request itself took the first
+    with get_pending(request).hold():
+        answers = await asyncio.gather(*(predict_one(request, model, upload.data, params) for upload in uploads))
     unknown = next((body for status, body in answers if body.get("error", {}).get("code") == UNKNOWN_MODEL), None)
     if unknown is not None:
         return JSONResponse(unknown, status_code=404)
