@@ -4,7 +4,8 @@
   the address that proxy (and any trusted proxy before it) saw in ``X-Forwarded-For``.
   A client that is not a trusted proxy cannot choose its address by sending the header.
 - ``TokenBuckets``: a token bucket per client (API key, or address when keys are off):
-  ``rate`` tokens a second up to ``burst``; a prediction spends one per image.
+  ``rate`` tokens a second up to ``burst``; a prediction spends one per image (a batch larger
+  than the burst waits for a full bucket and leaves it in debt).
 - ``PendingPredictions``: the cap that answers 503 ``busy``. It counts requests whose body is
   complete and that wait for or are in TorchServe; a body still arriving never holds it.
 """
@@ -61,17 +62,22 @@ class TokenBuckets:
         self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, when)
 
     def take(self, identity: str, tokens: int = 1) -> float:
-        """Spend ``tokens`` and answer 0, or spend nothing and answer the seconds until they would be there."""
+        """Spend ``tokens`` and answer 0, or spend nothing and answer the seconds until they would be there.
+
+        A batch larger than the burst goes when the bucket is full and leaves it in debt, so it
+        is neither refused forever nor a way around the rate.
+        """
         now = self._clock()
         held, when = self._buckets.get(identity, (float(self.burst), now))
         held = min(float(self.burst), held + (now - when) * self.rate)
-        if held >= tokens:
+        needed = min(tokens, self.burst)
+        if held >= needed:
             self._buckets[identity] = (held - tokens, now)
             if len(self._buckets) > MAX_IDLE_BUCKETS:
                 self._forget_full(now)
             return 0.0
         self._buckets[identity] = (held, now)
-        return (min(tokens, self.burst) - held) / self.rate
+        return (needed - held) / self.rate
 
     def _forget_full(self, now: float) -> None:
         """A bucket that has refilled is the same as no bucket: drop those, so memory follows active clients."""

@@ -47,6 +47,8 @@ GATEWAY_METRICS = {
     "gateway_upload_bytes": "histogram",
     "gateway_detections_total": "counter",
     "gateway_predictions_total": "counter",
+    "gateway_cut_uploads_total": "counter",
+    "gateway_pending_predictions": "gauge",
 }
 
 

@@ -43,7 +43,16 @@ def test_a_batch_takes_a_token_an_image_and_a_refused_one_takes_none():
     assert buckets.take("a", 3) == 0.0
     assert buckets.take("a", 3) == pytest.approx(2.0)
     assert buckets.take("a", 1) == 0.0, "the refused batch spent nothing"
-    assert buckets.take("a", 9) == pytest.approx(4.0), "more than the burst: told when a full bucket is there"
+
+
+def test_a_batch_larger_than_the_burst_waits_for_a_full_bucket_and_leaves_it_in_debt():
+    clock = Clock()
+    buckets = TokenBuckets(rate=1.0, burst=4, clock=clock)
+    buckets.take("a", 2)
+    assert buckets.take("a", 9) == pytest.approx(2.0), "told when the bucket is full, not refused forever"
+    clock.now += 2
+    assert buckets.take("a", 9) == 0.0
+    assert buckets.take("a", 1) == pytest.approx(6.0), "the 5 tokens of debt are paid back at the rate first"
 
 
 def test_buckets_of_clients_that_went_quiet_are_forgotten(monkeypatch):

@@ -48,9 +48,9 @@ ERRORS = {
         400: "missing/empty file, unknown form field, not multipart, unknown class",
         401: "API key missing or wrong (when GATEWAY_API_KEYS is set)",
         404: "no such model (the answer names the served ones), or the pinned version is not loaded",
+        408: "the body arrived too slowly (body_too_slow) or not within the deadline (body_timeout)",
         413: "upload or image too large",
         415: "not a decodable image",
-        408: "the body arrived too slowly (body_too_slow) or not within the deadline (body_timeout)",
         422: "bad query parameter, or one the model's task does not take (e.g. top_k on a detector)",
         429: "over this client's rate (rate_limited), or too many slow uploads from its address (with Retry-After)",
         503: "the gateway's predictions waiting for TorchServe at their limit (busy), TorchServe down, no ready "
