@@ -23,6 +23,15 @@ def png_bomb(width: int, height: int) -> bytes:
     )
 
 
+def slow_upload_head(host: str, prefix: bytes = b"", path: str = "/predict", declared: int = 5_000_000) -> bytes:
+    """The start of a multipart upload that announces ``declared`` bytes: headers, the file part's head, ``prefix``."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n"
+        "Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
+        'Content-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
+    ).encode() + prefix
+
+
 def trickle(host: str, port: int, head: bytes, drip: bytes, every_s: float, rounds: int) -> bytes | None:
     """A slow client: send ``head``, then ``drip`` every ``every_s`` for up to ``rounds`` rounds.
 

@@ -39,6 +39,7 @@ import pillow_heif
 import psutil
 from PIL import Image
 
+from benchmarks.hostile import slow_upload_head
 from benchmarks.hostile import trickle as slow_client
 from benchmarks.loadtest import stack_processes
 from gateway.settings import Settings
@@ -123,11 +124,7 @@ class Traffic:
 
     def slow(self, kind: str) -> None:
         host, port = httpx.URL(self.url).host, httpx.URL(self.url).port
-        body_head = (
-            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5000000\r\n"
-            "Content-Type: multipart/form-data; boundary=soak\r\n\r\n--soak\r\n"
-            'Content-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
-        ).encode()
+        body_head = slow_upload_head(host)
         head, what = {
             "headers": (b"POST /predict HTTP/1.1\r\n", "slow headers"),
             "body": (body_head, "slow 5 MB body"),

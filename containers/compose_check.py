@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.hostile import png_bomb, trickle
+from benchmarks.hostile import png_bomb, slow_upload_head, trickle
 from benchmarks.loadgen import Load
 from containers.engine import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
 from operations.archives import DeployError
@@ -349,11 +349,7 @@ class Run:
         """Bodies still arriving spill to the gateway-spool volume; memory (where /tmp, a tmpfs, lives) stays flat."""
         gateway, senders, prefix = self.containers["gateway"], 60, 3 * 2**20
         url = httpx.URL(self.gateway_url)
-        head = (
-            f"POST /predict HTTP/1.1\r\nHost: {url.host}\r\nContent-Length: 5000000\r\n"
-            "Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
-            'Content-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
-        ).encode() + b"\xff" * prefix
+        head = slow_upload_head(url.host, b"\xff" * prefix)
         before = peak = container_memory_mib(gateway)
         with ThreadPoolExecutor(max_workers=senders) as pool:
             # each sends 3 MiB at once, then a byte a second, and gives up after 8 s

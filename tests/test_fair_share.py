@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from benchmarks.hostile import greedy, trickle
+from benchmarks.hostile import greedy, slow_upload_head, trickle
 from operations.stack import recorded_pid, wait_until
 from tests.helpers import metric_total
 
@@ -34,14 +34,6 @@ SLOW_LIMITS = {
     "GATEWAY_UPLOAD_BUFFER_BYTES": str(BUFFER_BYTES),
     "GATEWAY_MIN_UPLOAD_RATE": str(384 * 1024),  # the front-loaded ones fall under it after 8 s
 }
-
-
-def slow_head(port: int, prefix: bytes) -> bytes:
-    return (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 5000000\r\n"
-        "Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
-        'Content-Disposition: form-data; name="file"; filename="slow.jpg"\r\n\r\n'
-    ).encode() + prefix
 
 
 def client(source: str) -> httpx.Client:
@@ -95,7 +87,7 @@ def test_slow_senders_never_starve_normal_requests(stack, extra_gateway, ground_
                     trickle,
                     gateway.host,
                     gateway.gateway_port,
-                    slow_head(gateway.gateway_port, prefixes[i % 2]),
+                    slow_upload_head(gateway.host, prefixes[i % 2]),
                     b"x",
                     1.0,
                     90,
@@ -134,7 +126,7 @@ def test_slow_senders_never_starve_normal_requests(stack, extra_gateway, ground_
 def test_a_greedy_client_is_limited_and_leaves_others_their_latency(stack, extra_gateway, ground_truth, keys):
     photo = ground_truth[0].path.read_bytes()
     with httpx.Client(timeout=60) as http:  # one prediction's time through the session's gateway
-        service_s = p50([(200, _timed(http, f"{stack.gateway_url}/predict", photo)) for _ in range(8)][2:])
+        service_s = p50(timed_posts(http, f"{stack.gateway_url}/predict", photo, after(8), 0.0)[2:])
     rate = round(1 / (10 * service_s), 2)  # the greedy client's share: a tenth of one worker
     env = {"GATEWAY_RATE_LIMIT_PER_S": str(rate), "GATEWAY_RATE_LIMIT_BURST": "2"}
     if keys:
@@ -168,9 +160,3 @@ def test_a_greedy_client_is_limited_and_leaves_others_their_latency(stack, extra
     assert metric_total(gateway.gateway_url, limited) == statuses.count(429)
     exposed = httpx.get(f"{gateway.gateway_url}/metrics", timeout=10).text
     assert "greedy-key" not in exposed and "127.0.0.2" not in exposed
-
-
-def _timed(http: httpx.Client, url: str, photo: bytes) -> float:
-    started = time.perf_counter()
-    assert http.post(url, files={"file": ("part.jpg", photo)}).status_code == 200
-    return time.perf_counter() - started

@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from benchmarks import soak
+from benchmarks.hostile import slow_upload_head
 from benchmarks.hostile import trickle as slow_client
 from gateway.torchserve import worker_pids
 from operations.releases import load_version
@@ -29,10 +30,7 @@ from tests.helpers import ROOT, WEIGHTS, assert_finds_ground_truth, assert_valid
 pytestmark = pytest.mark.integration
 pillow_heif.register_heif_opener()
 
-SLOW_BODY_HEAD = (
-    b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000000\r\n"
-    b"Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
-)
+SLOW_BODY_HEAD = slow_upload_head("127.0.0.1")
 CUT_WITHIN_S = 30  # how long a test waits for a cut before it fails (the configured limits are 2-3 s)
 
 
@@ -142,7 +140,9 @@ def test_a_40_mib_upload_gets_a_readable_413_for_a_client_that_writes_first(stac
 
 
 def test_killing_every_worker_under_load_loses_no_request(stack, ground_truth):
-    photo = ground_truth[0].path.read_bytes()
+    # A 12-megapixel photo: decoding it keeps each worker busy for most of a request's time, so the
+    # kill lands on jobs in flight (with a 640x480 one a fast CPU left both workers idle at times).
+    photo = encode(Image.open(ground_truth[0].path).resize((4000, 3000)), "JPEG", quality=90)
     serving = ready_workers(stack)
     assert serving > 0
     retries_before = metric_total(stack.gateway_url, "gateway_upstream_retries_total")
