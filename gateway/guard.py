@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from functools import cached_property
 from typing import NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,9 +52,9 @@ class _Body:
 
     def __init__(self, scope: Scope, receive: Receive, guard: UploadGuard):
         self._receive = receive
+        self._scope = scope
         self._guard = guard
         self._settings = settings = guard.settings
-        self.address = client_address(scope, settings.trusted_proxy_networks)
         self._started_at = asyncio.get_running_loop().time()
         self._deadline = self._started_at + settings.body_timeout_s
         length = _header(scope, b"content-length")
@@ -64,6 +65,11 @@ class _Body:
         self.complete = False
         self.lingering = False  # counted against its address: still arriving after the grace
         self.cut: str | None = None  # why the gateway stopped reading it
+
+    @cached_property
+    def address(self) -> str:
+        """The client's address, needed only once a body is still arriving after the grace."""
+        return client_address(self._scope, self._settings.trusted_proxy_networks)
 
     async def receive(self) -> Message:
         """The app's ``receive``: a message, or the APIError of the first limit the body breaks."""
