@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PEERS_VENV := .venv-peers
-PY_DIRS := serving gateway operations quality benchmarks containers scripts models tests
+PY_DIRS := serving gateway drift operations quality benchmarks containers scripts models tests
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -15,22 +15,26 @@ USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 2m
 
-# The models `make up` serves, each with its weights, gate set and packaging options; /predict serves the first.
+# The models `make up` serves, each with its weights, gate set, drift reference (images the generator renders
+# from a seed of its own, as the line would show them) and packaging options; /predict serves the first.
 MODELS := yolo parts
 WEIGHTS_yolo = models/weights/v$(VERSION)/best.pt
 GATE_yolo = samples
+REFERENCE_yolo = var/reference/defects-s9001
 WEIGHTS_parts = models/weights/tasks/classify/best.pt
 GATE_parts = samples/gates/classify
+REFERENCE_parts = var/reference/parts-s9001
 OPTIONS_parts = --workers 1
 MODEL ?= yolo
 WEIGHTS ?= $(WEIGHTS_$(MODEL))
 GATE_DATA ?= $(GATE_$(MODEL))
+REFERENCE ?= $(REFERENCE_$(MODEL))
 PACKAGE = bash scripts/package_mar.sh --name $(MODEL) --weights $(WEIGHTS) --version $(VERSION) \
-	--gate-data $(GATE_DATA) $(OPTIONS_$(MODEL))
+	--gate-data $(GATE_DATA) $(if $(REFERENCE),--reference $(REFERENCE)) $(OPTIONS_$(MODEL))
 ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
 .PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
-.PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak
+.PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak drift-bench
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -49,12 +53,22 @@ $(VENV)/.installed: requirements.txt
 archive: venv ## Build each model's v$(VERSION) archive if missing; point its cold start at it if nothing is deployed
 	@$(foreach m,$(MODELS),$(MAKE) --no-print-directory model-archive MODEL=$(m) && ) true
 
-model-archive:
+model-archive: $(if $(REFERENCE),$(REFERENCE)/manifest.json)
 	@test -f $(ARCHIVE) || $(PACKAGE)
 	@test -L serving/model-store/$(MODEL)_current.mar || $(PY) -m scripts.stack set-current $(VERSION) --model $(MODEL)
 
-package: venv ## Package MODEL's WEIGHTS as VERSION, gated on GATE_DATA (FORCE=1 to rebuild an existing version)
+package: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package MODEL's WEIGHTS as VERSION, gated on GATE_DATA, with REFERENCE's drift reference (FORCE=1 to rebuild a version)
 	$(PACKAGE) $(if $(FORCE),--force)
+
+# Drift references of our own models: 2,400 generated images each (the generator is deterministic per seed).
+var/reference/defects-s9001/manifest.json: | $(VENV)/.installed
+	$(PY) -m models.generate_dataset --seed 9001 --train 0 --val 0 --test 2400 --jobs 2 --out var/reference/defects-s9001
+
+var/reference/parts-s9001/manifest.json: | $(VENV)/.installed
+	$(PY) -m models.generate_tasks --task classify --seed 9001 --train 0 --val 0 --test 2400 --out var/reference/parts-s9001
+
+drift-bench: venv var/reference/defects-s9001/manifest.json ## False-alarm rate (observed vs predicted ERT) and detection delays of the drift detectors on v2.0 (reports/drift_bench.md)
+	$(PY) -m scripts.drift_bench
 
 up: archive ## Set everything up and start TorchServe + gateway (idempotent)
 	$(PY) -m scripts.stack up
@@ -79,7 +93,7 @@ test: venv lint ## Set everything up, lint, and run the whole test suite
 test-fast: venv ## The edit-test loop: every test that starts no server and builds no archive (under 2 minutes)
 	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging" $(PYTEST_ARGS)
 
-redeploy: venv ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
+redeploy: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
 	@test -f $(ARCHIVE) || $(PACKAGE)
 	bash scripts/deploy.sh --model $(MODEL) $(VERSION)
@@ -87,7 +101,7 @@ redeploy: venv ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deplo
 rollback: venv ## Abort MODEL's canary, or go back to its previous version (or VERSION=...)
 	bash scripts/rollback.sh --model $(MODEL) $(GIVEN_VERSION)
 
-canary: venv ## Package (unless packaged) and canary MODEL's VERSION on PERCENT % of its unpinned traffic
+canary: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package (unless packaged) and canary MODEL's VERSION on PERCENT % of its unpinned traffic
 	$(NEED_VERSION)
 	@test -n "$(PERCENT)" || { echo "error: say how much traffic: make canary VERSION=$(VERSION) PERCENT=20" >&2; exit 1; }
 	@test -f $(ARCHIVE) || $(PACKAGE)

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from benchmarks.drift_bench import REFERENCE_IMAGES, REFERENCE_SEED, ensure_images
 from benchmarks.hostile import png_bomb, slow_upload_head, trickle
 from benchmarks.loadgen import Load
 from containers.engine import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
@@ -108,12 +109,13 @@ class Run:
 
     def package_archives(self) -> None:
         self.store.mkdir(mode=0o755)
+        ensure_images(REFERENCE_IMAGES, REFERENCE_SEED)
         for version in ("1.0", "2.0"):
             weights = f"models/weights/v{version}/best.pt"
             store = str(self.store)
             packaged = run(
                 "bash", "scripts/package_mar.sh", "--weights", weights, "--version", version, "--store", store,
-                "--gate-data", "samples", capture_output=True,
+                "--gate-data", "samples", "--reference", str(REFERENCE_IMAGES / "images"), capture_output=True,
             )  # fmt: skip
             print(*[line for line in packaged.stdout.splitlines() if line.startswith(("archive:", "sha256:"))])
         for path in [self.tmp, self.store, *self.store.iterdir()]:

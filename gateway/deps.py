@@ -8,6 +8,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from gateway.canary import Canaries
+from gateway.drift import DriftMonitor
 from gateway.errors import APIError
 from gateway.limits import PendingPredictions, TokenBuckets, client_address, rate_limited
 from gateway.metrics import GatewayMetrics
@@ -35,6 +36,10 @@ def get_metrics(request: Request) -> GatewayMetrics:
 
 def get_canaries(request: Request) -> Canaries:
     return request.app.state.canaries
+
+
+def get_drift(request: Request) -> DriftMonitor:
+    return request.app.state.drift
 
 
 def get_store(request: Request) -> StateStore:

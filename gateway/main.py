@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.canary import Canaries
+from gateway.drift import DriftCollector, DriftMonitor
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
 from gateway.limits import PendingPredictions, TokenBuckets
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.routes import admin, health, models, predict, ui
+from gateway.routes import admin, drift, health, models, predict, ui
 from gateway.settings import Settings
 from gateway.state import open_store
 from gateway.upstream import Upstream
@@ -24,11 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstream = Upstream(settings, metrics)
+        upstream = app.state.upstream = Upstream(settings, metrics)
         try:
             yield
         finally:
-            await app.state.upstream.aclose()
+            monitor.save_all()
+            await upstream.aclose()
             store.close()
 
     app = FastAPI(
@@ -41,6 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     store = app.state.store = open_store(settings.state_store)
     app.state.canaries = Canaries(store)
+
+    async def drift_reference(model: str, version: str) -> dict | None:
+        return await app.state.upstream.drift_reference(model, version)
+
+    monitor = app.state.drift = DriftMonitor(
+        store, drift_reference, settings.target_ert, settings.drift_recent_requests
+    )
+    metrics.registry.register(DriftCollector(monitor))
     pending = app.state.pending = PendingPredictions(
         settings.max_pending_predictions, settings.retry_after_s, metrics.cut_uploads.labels("busy").inc
     )
@@ -53,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(drift.router)
     app.include_router(ui.router)
     app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/429 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)

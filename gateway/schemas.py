@@ -84,6 +84,7 @@ class PredictResponse(BaseModel):
     image: ImageSize
     detections: list[Detection] | None = Field(None, description="all tasks but classify; best first")
     classifications: list[Classification] | None = Field(None, description="classify: the top-k classes, best first")
+    signals: dict[str, float | None] | None = Field(None, description="the drift signals, only with ?signals=true")
     timing_ms: Timing
 
 
@@ -107,6 +108,7 @@ class BatchItem(BaseModel):
     image: ImageSize | None = None
     detections: list[Detection] | None = None
     classifications: list[Classification] | None = None
+    signals: dict[str, float | None] | None = None
     timing_ms: Timing | None = None
     error: ErrorDetail | None = None
 
@@ -125,6 +127,13 @@ class HealthResponse(BaseModel):
     models: dict[str, int] | None = Field(None, description="READY workers of every served model's default version")
 
 
+class DriftReferenceInfo(BaseModel):
+    images: int = Field(description="reference images (half fit the reference, half calibrate the threshold)")
+    source: Literal["archive", "rebaseline"] = Field(description="packaged with the archive, or taken from traffic")
+    target_ert: int = Field(description="requests between false alarms asked for (GATEWAY_DRIFT_TARGET_ERT)")
+    predicted_ert: int = Field(description="what the calibration predicts the threshold in use gives")
+
+
 class ModelVersion(BaseModel):
     version: str
     task: Task | None = Field(None, description="as the version's handler reports it")
@@ -133,6 +142,7 @@ class ModelVersion(BaseModel):
     workers_total: int
     batch_size: int | None = None
     max_batch_delay_ms: int | None = None
+    drift_reference: DriftReferenceInfo | None = Field(None, description="null: no reference, no drift watch")
 
 
 class ModelInfo(BaseModel):
@@ -181,3 +191,33 @@ class HistoryEntry(BaseModel):
 class HistoryResponse(BaseModel):
     model: str
     entries: list[HistoryEntry] = Field(description="oldest first")
+
+
+class DriftSignal(BaseModel):
+    name: str = Field(examples=["sharpness"])
+    tier: Literal["input", "output"] = Field(
+        description="input: the pictures (warning); output: the answers (critical)"
+    )
+    statistic: float = Field(description="the signal's CUSUM statistic; it alarms above the threshold")
+    threshold: float
+
+
+class DriftAlarm(BaseModel):
+    signal: str
+    tier: Literal["input", "output"]
+    at_request: int = Field(description="the version's request count (since its last reset) that raised it")
+    time: str = Field(description="ISO 8601")
+
+
+class DriftVersion(BaseModel):
+    version: str
+    state: Literal["ok", "warning", "critical", "no_reference"]
+    requests: int = Field(description="predictions watched since the last reset")
+    reference: DriftReferenceInfo | None
+    signals: list[DriftSignal]
+    alarms: list[DriftAlarm] = Field(description="the newest 100, oldest first; each names one signal")
+
+
+class DriftResponse(BaseModel):
+    model: str
+    versions: list[DriftVersion]

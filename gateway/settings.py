@@ -73,6 +73,25 @@ class Settings(BaseSettings):
         "", description="comma-separated operator keys (X-Admin-Key) for /admin routes; empty turns them off (403)"
     )
 
+    drift_target_ert: int = Field(
+        10_000, gt=0, description="requests between two false drift alarms of a version, per its calibration"
+    )
+    drift_target_ert_by_model: str = Field(
+        "", description="per-model targets, e.g. parts=50000,yolo=20000; others use GATEWAY_DRIFT_TARGET_ERT"
+    )
+    drift_recent_requests: int = Field(
+        5000, ge=0, description="signals of the last requests kept per version for a rebaseline (in memory)"
+    )
+
+    @field_validator("drift_target_ert_by_model")
+    @classmethod
+    def _targets(cls, value: str) -> str:
+        _per_model(value)
+        return value
+
+    def target_ert(self, model: str) -> int:
+        return _per_model(self.drift_target_ert_by_model).get(model, self.drift_target_ert)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -94,6 +113,17 @@ class Settings(BaseSettings):
     @cached_property
     def admin_key_set(self) -> frozenset[str]:
         return _keys(self.admin_keys)
+
+
+def _per_model(listed: str) -> dict[str, int]:
+    """``name=number,...`` as a dict; ValueError naming the item that is not one."""
+    found = {}
+    for item in filter(None, (part.strip() for part in listed.split(","))):
+        name, _, number = item.partition("=")
+        if not name.strip() or not number.strip().isdigit() or int(number) <= 0:
+            raise ValueError(f"{item!r} is not MODEL=REQUESTS (say yolo=20000)")
+        found[name.strip()] = int(number)
+    return found
 
 
 def _keys(listed: str) -> frozenset[str]:

@@ -131,7 +131,14 @@ class Upstream:
             raise APIError(404, UNKNOWN_MODEL, f"no model {model!r}; this gateway serves: {', '.join(known) or 'none'}")
 
     async def handler_metadata(self, model: str, version: str) -> dict:
-        return await self.api.handler_metadata(model, version)
+        """What the version's handler says of itself, without its drift reference (``drift_reference`` has it)."""
+        metadata = await self.api.handler_metadata(model, version)
+        metadata.pop("drift_reference", None)
+        return metadata
+
+    async def drift_reference(self, model: str, version: str) -> dict | None:
+        """The drift reference the version's archive carries (``package_mar.sh --reference``), or None."""
+        return (await self.api.handler_metadata(model, version)).get("drift_reference")
 
     async def describe(self, model: str, version: str | None = None, all_versions: bool = False) -> list[dict]:
         """Management API's description of a model (default version, one version, or all)."""

@@ -246,19 +246,35 @@ def write_dataset_yaml(out: Path) -> Path:
     return path
 
 
-def generate(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int] = DEFAULT_SIZE) -> Path:
-    """Write images/, labels/, dataset.yaml and manifest.json under ``out``; returns the yaml path."""
+def _write(job: tuple[Path, int, str, int, int, int]) -> None:
+    out, seed, split, w, h, i = job
+    rng = image_rng(seed, split, i)
+    bgr, boxes = render(rng, w, h)
+    stem = f"{split}_{i:05d}"
+    (out / "images" / split / f"{stem}.jpg").write_bytes(encode_jpeg(rng, bgr))
+    (out / "labels" / split / f"{stem}.txt").write_text(yolo_lines(boxes, w, h))
+
+
+def generate(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int] = DEFAULT_SIZE, jobs: int = 1) -> Path:
+    """Write images/, labels/, dataset.yaml and manifest.json under ``out``; returns the yaml path.
+
+    ``jobs`` processes render in parallel; every image has its own RNG, so the bytes do not depend on it.
+    """
     w, h = size
     out = Path(out)
+    work = []
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(counts.get(split, 0)):
-            rng = image_rng(seed, split, i)
-            bgr, boxes = render(rng, w, h)
-            stem = f"{split}_{i:05d}"
-            (out / "images" / split / f"{stem}.jpg").write_bytes(encode_jpeg(rng, bgr))
-            (out / "labels" / split / f"{stem}.txt").write_text(yolo_lines(boxes, w, h))
+        work += [(out, seed, split, w, h, i) for i in range(counts.get(split, 0))]
+    if jobs > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(jobs) as pool:
+            pool.map(_write, work, chunksize=16)
+    else:
+        for job in work:
+            _write(job)
     manifest = {"seed": seed, "size": [w, h], "counts": {s: counts.get(s, 0) for s in SPLITS}, "classes": CLASSES}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return write_dataset_yaml(out)
@@ -277,10 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val", type=int, default=150)
     ap.add_argument("--test", type=int, default=150)
     ap.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT or SIDE (default 640x480)")
+    ap.add_argument("--jobs", type=int, default=1, help="processes rendering in parallel (default 1)")
     args = ap.parse_args(argv)
     counts = {"train": args.train, "val": args.val, "test": args.test}
     out = args.out or MODELS_DIR / "datasets" / dataset_name(args.seed, counts, args.size)
-    print(generate(out, args.seed, counts, args.size))
+    print(generate(out, args.seed, counts, args.size, args.jobs))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ HANDLER_MODULES = (
     "yolo_geometry.py",
     "yolo_tasks.py",
     "yolo_runtime.py",
+    "yolo_signals.py",
 )
 # Chosen by measurement (benchmarks/bench.py --sweep, see REPORT.md): OpenVINO is the fastest CPU backend here.
 DEFAULT_FORMAT = "openvino"
@@ -75,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gate-data",
         help="labelled gate set to carry in the archive: images/ + labels/ (YOLO labels) or one folder per class, "
         "with gate.yaml naming the threshold (see README)",
+    )
+    parser.add_argument(
+        "--reference",
+        help="folder of images as the line sees them (>= 1,000 advised): the archive carries a drift reference "
+        "computed from them, calibrated for the gateway's drift detectors (see README)",
     )
     parser.add_argument("--gate-threshold", type=float, help="score the gate set must reach (overrides gate.yaml)")
     parser.add_argument(
@@ -256,6 +262,10 @@ def build(args: argparse.Namespace) -> Path:
         raise SystemExit(f"error: version must look like 1.0 or 2.1.3, got {args.version!r}")
     if not NAME_RE.match(args.name):
         raise SystemExit(f"error: name must start with a letter, then letters, digits, '-' or '_', got {args.name!r}")
+    if args.reference:
+        from drift.reference import reference_images
+
+        reference_images(Path(args.reference).resolve())  # a wrong folder fails before the slow part
     if args.workers is not None and args.workers < 1:
         raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
     weights = (ROOT / args.weights).resolve() if not os.path.isabs(args.weights) else Path(args.weights)
@@ -308,6 +318,16 @@ def build(args: argparse.Namespace) -> Path:
             check=True,
         )
         built = staging / f"{args.name}.mar"
+        if args.reference:
+            from drift.reference import attach_reference
+
+            attach_reference(built, Path(args.reference).resolve())
+        else:
+            print(
+                "warning: no --reference: the gateway cannot watch this version for drift (state no_reference); "
+                "pass --reference DIR with >= 1,000 images as the line sees them",
+                flush=True,
+            )
         partial = target.with_suffix(".mar.partial")
         shutil.move(str(built), partial)
         os.replace(partial, target)
@@ -322,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"version: {args.version}")
     print(f"format:  {args.format}")
     print(f"gate:    {args.gate_data or 'none (deploy needs --no-gate)'}")
+    print(f"drift:   {args.reference or 'no reference (drift state no_reference)'}")
     return 0
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Make sure the Debian programs the tests drive are installed: Chromium for the browser tests
 # (Playwright drives this system browser; `playwright install` would download its own) and
-# redis-server for the shared state store's tests. The test machines are offline apart from
-# the package mirrors.
+# redis-server for the shared state store's tests, promtool (Debian's prometheus package) for
+# the alert rules' tests. The test machines are offline apart from the package mirrors.
 set -euo pipefail
 
 # program it must provide : Debian package
-NEEDED=(/usr/bin/chromium:chromium /usr/bin/redis-server:redis-server)
+NEEDED=(/usr/bin/chromium:chromium /usr/bin/redis-server:redis-server /usr/bin/promtool:prometheus)
 
 usage() {
     cat <<USAGE

@@ -34,6 +34,20 @@ VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"
 NAME_RE = re.compile(NAME_PATTERN)
 VERSION_RE = re.compile(VERSION_PATTERN)
 
+# Drift signals (serving/yolo_signals.py computes them, drift/ watches them): the input tier describes the
+# picture and is a warning; every other signal describes the answer and is critical. Class mix travels as
+# ``class_mix:<class name>`` counts of the classes present.
+INPUT_SIGNALS = ("luma", "contrast", "sharpness", "saturation", "blockiness", "aspect")
+CLASS_MIX = "class_mix:"
+DRIFT_TIERS = {"input": "warning", "output": "critical"}
+DRIFT_REFERENCE_FILE = "drift-reference.json"  # in an archive, beside the model (package_mar.sh --reference)
+
+
+def signal_tier(signal: str) -> str:
+    """``input`` (a warning: the pictures changed) or ``output`` (critical: the answers changed)."""
+    return "input" if signal in INPUT_SIGNALS else "output"
+
+
 # What each task's detections carry besides class, class_id, confidence and bbox.
 TASK_FIELDS = {"detect": (), "segment": ("polygons",), "pose": ("keypoints",), "obb": ("obb", "corners")}
 

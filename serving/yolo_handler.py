@@ -6,11 +6,15 @@ others run through one batched forward pass. The archive's model-config YAML (``
 section, written by ``package_mar.sh`` from the weights) names the task — detect, segment,
 pose, obb or classify — and ``yolo_tasks`` holds how each task's answer is built.
 Per-request parameters come from ``X-Yolo-*`` headers; their defaults, the image size and
-the thread count come from the same section.
+the thread count come from the same section. Every answer carries its drift signals
+(``yolo_signals``) for the gateway's detectors, and the version's drift reference
+(``drift-reference.json``, written by ``package_mar.sh --reference``) is what
+``describe_handle`` hands the gateway to compare them with.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,7 +22,9 @@ import time
 import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
+from yolo_signals import input_signals, output_signals
 
+from yolo_contract import DRIFT_REFERENCE_FILE
 from yolo_image import RequestError, batch_tensor, decode_upload
 from yolo_request import HandlerConfig, error_body, parse_params, request_payload
 from yolo_runtime import RuntimeThreads, load_backend
@@ -51,6 +57,11 @@ class YoloHandler(BaseHandler):
             end2end=bool(getattr(self.backend, "end2end", False)),
             kpt_shape=getattr(self.backend, "kpt_shape", None),
         )
+        reference = os.path.join(model_dir, DRIFT_REFERENCE_FILE)
+        self.drift_reference = None
+        if os.path.isfile(reference):
+            with open(reference) as handle:
+                self.drift_reference = json.load(handle)
         for batch in (1, 2):  # both thread counts: the first request of each kind must not pay the warm-up
             self._forward(np.zeros((batch, 3, self.config.imgsz, self.config.imgsz), dtype=np.float32))
         logger.info(
@@ -77,7 +88,8 @@ class YoloHandler(BaseHandler):
                     request_payload(row), self.config.max_pixels, self.reduce_to, self.task.kept_side
                 )
                 prepared = self.task.prepare(decoded.rgb, (decoded.width, decoded.height))
-                items.append(Prepared(prepared, params, (time.perf_counter() - started) * 1000))
+                image = input_signals(decoded.rgb, decoded.width, decoded.height)
+                items.append(Prepared(prepared, params, (time.perf_counter() - started) * 1000, image))
             except RequestError as err:
                 items.append(err)
         return items
@@ -112,6 +124,10 @@ class YoloHandler(BaseHandler):
                 continue
             started = time.perf_counter()
             answer = self.task.answer(outputs[idx], item.input, item.params)
+            drift = {
+                **item.image_signals,
+                **output_signals(self.task.name, answer, item.input.width, item.input.height),
+            }
             responses.append(
                 {
                     "status": "success",
@@ -119,6 +135,7 @@ class YoloHandler(BaseHandler):
                     "model": self.model_info,
                     "image": {"width": item.input.width, "height": item.input.height},
                     **answer,
+                    "signals": drift,
                     "timing_ms": {
                         "preprocess": round(item.preprocess_ms, 2),
                         "inference": round(inference_ms, 2),
@@ -136,6 +153,7 @@ class YoloHandler(BaseHandler):
             "kpt_names": list(self.config.kpt_names) if self.config.kpt_names else None,
             "imgsz": self.config.imgsz,
             "format": self.backend.format,
+            "drift_reference": self.drift_reference,
         }
 
     def _forward(self, batch: np.ndarray):

@@ -46,6 +46,7 @@ class Prepared:
     input: Input
     params: Params
     preprocess_ms: float
+    image_signals: dict  # the input tier of the drift signals, taken from the decoded pixels
 
 
 def _round(values) -> list:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "serving"))  # the handler's modules, as TorchServe sees them inside the .mar
 
 import httpx  # noqa: E402
-import yaml  # noqa: E402
 
+from drift.offline import answers as answers_of  # noqa: E402
+from drift.offline import handler_for  # noqa: E402, F401 (the tests' way to run an archive)
 from operations.stack import Stack  # noqa: E402
 from quality.gate_metrics import box_iou as iou  # noqa: E402
 from serving.yolo_contract import answer_problems  # noqa: E402
@@ -108,30 +108,6 @@ def metric_total(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def handler_for(archive: Path, tmp_path: Path):
-    """The handler of an archive, initialised from its unpacked files the way a TorchServe worker does it."""
-    from ts.context import Context
-
-    from yolo_handler import YoloHandler
-
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(tmp_path)
-    manifest = json.loads((tmp_path / "MAR-INF" / "MANIFEST.json").read_text())
-    config = yaml.safe_load((tmp_path / "model-config.yaml").read_text())
-    context = Context(
-        manifest["model"]["modelName"], str(tmp_path), manifest, 1, None, "0.12.0", model_yaml_config=config
-    )
-
-    handler = YoloHandler()
-    handler.initialize(context)
-    return handler
-
-
 def handler_answers(handler, images: list[Path], headers: dict[str, str] | None = None) -> list[dict]:
     """One batch of image files through the handler's preprocess, inference and postprocess."""
-    from ts.context import RequestProcessor
-
-    handler.context.request_processor = [RequestProcessor(headers or {}) for _ in images]
-    handler.context.request_ids = {i: f"req-{i}" for i in range(len(images))}
-    rows = [{"body": path.read_bytes()} for path in images]
-    return handler.postprocess(handler.inference(handler.preprocess(rows)))
+    return answers_of(handler, [path.read_bytes() for path in images], headers)

@@ -49,6 +49,9 @@ GATEWAY_METRICS = {
     "gateway_predictions_total": "counter",
     "gateway_cut_uploads_total": "counter",
     "gateway_pending_predictions": "gauge",
+    "model_drift_statistic": "gauge",
+    "model_drift_threshold": "gauge",
+    "model_drift_alarm": "gauge",
 }
 
 

@@ -36,14 +36,7 @@ def test_builds_a_versioned_archive_and_reports_it(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    handler_files = {
-        "yolo_handler.py",
-        "yolo_image.py",
-        "yolo_request.py",
-        "yolo_geometry.py",
-        "yolo_tasks.py",
-        "yolo_runtime.py",
-    }
+    handler_files = {path.name for path in (ROOT / "serving").glob("yolo_*.py")}  # every module the handler has
     assert {manifest["model"]["serializedFile"], *handler_files} <= names
     assert "model-config.yaml" in names and config["handler"]["format"] == "openvino"
     assert config["handler"]["task"] == "detect" and config["handler"]["architecture"] == "yolo"

@@ -105,6 +105,9 @@ def test_page_draws_the_boxes_the_api_returns(stack, page, ground_truth):
     truth = busiest(ground_truth)
     page.goto(stack.gateway_url)
     expect(page.locator("#models-status")).to_contain_text("v1.0 (default)")
+    drift = httpx.get(f"{stack.gateway_url}/models/yolo/drift", timeout=30).json()["versions"][0]
+    shown = "no reference" if drift["state"] == "no_reference" else drift["state"]
+    expect(page.locator("#drift-status")).to_contain_text(f"Drift: v1.0 {shown}")
     assert upload(page, truth.path) == "done"
     expected = api_predict(stack.gateway_url, truth.path, **DEFAULT_PARAMS).json()
     assert expected["detections"], "a sample with defects must give the page something to draw"

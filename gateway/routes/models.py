@@ -10,7 +10,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import get_settings, get_upstream
+from gateway.deps import get_drift, get_settings, get_upstream
+from gateway.drift import DriftMonitor
 from gateway.routes.predict import ModelName
 from gateway.schemas import ErrorResponse, ModelInfo, ModelsResponse
 from gateway.torchserve import ready_count
@@ -19,12 +20,14 @@ from gateway.upstream import Upstream
 router = APIRouter(tags=["models"])
 
 
-async def model_info(upstream: Upstream, model: str, default_model: str) -> dict:
-    """One model: its versions with their workers and task, and the default version's classes."""
+async def model_info(upstream: Upstream, model: str, default_model: str, monitor: DriftMonitor) -> dict:
+    """One model: its versions with their workers, task and drift reference, and the default version's classes."""
     default, every = await asyncio.gather(upstream.describe(model), upstream.describe(model, all_versions=True))
     default_version = default[0].get("modelVersion") if default else None
     metadata = await asyncio.gather(*(upstream.handler_metadata(model, entry.get("modelVersion")) for entry in every))
     by_version = {entry.get("modelVersion"): meta for entry, meta in zip(every, metadata, strict=True)}
+    watches = await asyncio.gather(*(monitor.watch(model, entry.get("modelVersion")) for entry in every))
+    references = {watch.version: watch.reference_summary() for watch in watches}
     versions = [
         {
             "version": entry.get("modelVersion"),
@@ -34,6 +37,7 @@ async def model_info(upstream: Upstream, model: str, default_model: str) -> dict
             "workers_total": len(entry.get("workers", [])),
             "batch_size": entry.get("batchSize"),
             "max_batch_delay_ms": entry.get("maxBatchDelay"),
+            "drift_reference": references.get(entry.get("modelVersion")),
         }
         for entry in every
     ]
@@ -54,7 +58,8 @@ async def models(request: Request) -> dict:
     """Every model TorchServe serves, with its versions, task, classes and ready workers."""
     upstream, default_model = get_upstream(request), get_settings(request).default_model
     names = await upstream.model_names()
-    described = await asyncio.gather(*(model_info(upstream, name, default_model) for name in names))
+    monitor = get_drift(request)
+    described = await asyncio.gather(*(model_info(upstream, name, default_model, monitor) for name in names))
     return {"default_model": default_model, "models": described}
 
 
@@ -65,4 +70,4 @@ async def models(request: Request) -> dict:
 )
 async def one_model(request: Request, model: ModelName) -> dict:
     """One model's versions, task, classes and ready workers; an unknown name is a 404 naming the served ones."""
-    return await model_info(get_upstream(request), model, get_settings(request).default_model)
+    return await model_info(get_upstream(request), model, get_settings(request).default_model, get_drift(request))

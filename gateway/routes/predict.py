@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from gateway.annotate import annotate
 from gateway.deps import (
     get_canaries,
+    get_drift,
     get_metrics,
     get_pending,
     get_settings,
@@ -39,6 +41,7 @@ from serving.yolo_contract import (
     VERSION_PATTERN,
 )
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key), Depends(limit_rate)])
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="a model TorchServe serves (GET /models)")]
@@ -94,6 +97,7 @@ class InferenceParams(BaseModel):
         None, ge=1, le=TOP_K_LIMIT, description="classify: how many classes to return (default 5)"
     )
     version: str | None = Field(None, pattern=VERSION_PATTERN, description="pin a model version, e.g. 1.0")
+    signals: bool = Field(False, description="also return the drift signals the gateway watches for this image")
 
     def upstream_headers(self) -> dict[str, str]:
         """Only what the client set: the handler refuses a parameter its model's task has no use for (422)."""
@@ -128,12 +132,25 @@ async def predict_one(request: Request, model: str, data: bytes, params: Inferen
     body = result.body
     if result.status == 200 and body.get("status") == "success":
         metrics.record_prediction(body, result.upstream_ms / 1000)
+        signals = body.pop("signals", None)
+        if signals is not None:
+            await watch_drift(request, body["model"], signals)
+            if params.signals:
+                body["signals"] = signals
         body["timing_ms"] = {
             **body.get("timing_ms", {}),
             "upstream": round(result.upstream_ms, 2),
             "total": round((time.perf_counter() - started) * 1000, 2),
         }
     return result.status, body
+
+
+async def watch_drift(request: Request, answered: dict, signals: dict) -> None:
+    """Feed the answering version's drift detectors; a failure there never fails the prediction."""
+    try:
+        await get_drift(request).observe(answered["name"], answered["version"], signals)
+    except Exception:  # noqa: BLE001 - the answer is good whatever the watch thinks; the next request tries again
+        logger.exception("drift watch of %s v%s failed", answered.get("name"), answered.get("version"))
 
 
 PREDICT_DOC = {

@@ -34,6 +34,7 @@ const ui = {
   version: $("version"),
   apiKey: $("api-key"),
   modelsStatus: $("models-status"),
+  driftStatus: $("drift-status"),
   error: $("error"),
   summary: $("summary"),
   stage: $("stage"),
@@ -118,6 +119,31 @@ function showModel() {
   );
   ui.modelsStatus.textContent = `Model ${model.name} (${model.task ?? "task unknown"}) · ${described.join(" · ")}`;
   ui.modelsStatus.className = "muted";
+  showDrift(model.name);
+}
+
+// Each version's drift state (GET /models/NAME/drift): ok, warning (the pictures changed), critical (the
+// answers changed) or no reference, with the signal of the newest alarm.
+async function showDrift(name) {
+  let body;
+  try {
+    const response = await fetch(`models/${encodeURIComponent(name)}/drift`);
+    if (!response.ok) throw new Error(String(response.status));
+    body = await response.json();
+  } catch {
+    ui.driftStatus.textContent = "Drift: unavailable";
+    return;
+  }
+  if (name !== ui.model.value) return; // another model was chosen meanwhile
+  const described = body.versions.map((v) => {
+    const state = v.state === "no_reference" ? "no reference" : v.state;
+    const last = v.alarms.at(-1);
+    const alarm = last ? `: ${last.signal} at request ${last.at_request}` : "";
+    return `v${v.version} ${state}${alarm} (${v.requests} requests watched)`;
+  });
+  ui.driftStatus.textContent = `Drift: ${described.join(" · ")}`;
+  const worst = body.versions.some((v) => v.state === "critical") ? "critical" : body.versions.some((v) => v.state === "warning") ? "warning" : "";
+  ui.driftStatus.className = worst ? `drift-${worst}` : "muted";
 }
 
 function chooseFile(file) {

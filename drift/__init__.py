@@ -1,0 +1,1 @@
+"""Drift detection: references carried by archives, calibrated online detectors, and their benchmark."""
