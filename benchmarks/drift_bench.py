@@ -38,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from drift.calibrate import HELD_OUT_SHARE, build_reference
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Detector, Reference, class_total
 from drift.offline import answers, handler_for, image_files, signals_of
 from models.generate_dataset import DEFAULT_SIZE, encode_jpeg, image_rng, render
@@ -199,6 +200,23 @@ def signal_costs(handler, images: list[bytes], reference: Reference, threshold: 
     return {name: round(total / len(images) * 1e6, 1) for name, total in spent.items()}
 
 
+def calibration_pools(rows: list[dict], reference: Reference, threshold: float) -> dict[str, float]:
+    """The ERT each way of drawing the calibration streams predicts at ``threshold``, from the reference images.
+
+    The archive's own table must be the default's (same images, same split): a check that the
+    bench replays what packaging built.
+    """
+    predicted = {}
+    for name, share in (("fitting half only", 0.0), ("held-out half only", 1.0), ("both (default)", HELD_OUT_SHARE)):
+        table = dict(build_reference(rows, held_out_share=share).table)
+        predicted[name] = table.get(threshold, float("nan"))
+    if abs(predicted["both (default)"] - dict(reference.table)[threshold]) > 0.05:  # the archive keeps 1 decimal
+        raise SystemExit(
+            f"error: the archive's calibration {dict(reference.table)[threshold]} is not the bench's {predicted}"
+        )
+    return predicted
+
+
 def package_v2(store: Path) -> Path:
     archive = store / "yolo_v2.0.mar"
     cmd = [
@@ -246,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"signals of {args.pool} images, {shift.name} ({time.perf_counter() - started:.0f} s)", flush=True
                 )
         threshold, predicted = reference.threshold(DEFAULT_TARGET_ERT, MARGIN)
+        reference_rows, _ = signals_of(handler, (p.read_bytes() for p in image_files(REFERENCE_IMAGES / "images")))
+        by_pool = calibration_pools(reference_rows, reference, threshold)
+        print(f"calibration pools compared ({time.perf_counter() - started:.0f} s)", flush=True)
         costs = signal_costs(handler, [p.read_bytes() for p in unseen_files[:200]], reference, threshold)
     unseen_scores = np.stack([reference.scores(row) for row in unseen])
     lengths = observed_ert(reference, threshold, unseen_scores, args.alarms, seed=1)
@@ -296,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "unseen_images": len(unseen),
         "shifts": results,
         "cpu_us_per_image": costs,
+        "predicted_by_pool": by_pool,
         "seconds": round(time.perf_counter() - started),
     }
     verdicts = verdict(summary)
@@ -352,6 +374,9 @@ def render_report(summary: dict, verdicts: list[tuple[str, bool]]) -> str:
             f"{'<= ' + str(r['target_p90']) if r['target_p90'] else '-'} | {r['named_first']:.0%} ({r['expected']}) "
             f"| {names} |"
         )
+    lines += ["", "| calibration streams drawn from | predicted ERT at h | observed / predicted |", "|---|---|---|"]
+    for name, value in summary["predicted_by_pool"].items():
+        lines.append(f"| {name} | {value:,.0f} | {summary['observed_ert'] / value:.2f} |")
     bound, majority = summary["class_mix_bound"], summary["majority_class"]
     lines += [
         "",

@@ -94,14 +94,23 @@ def calibration_table(
 
 
 def build_reference(
-    rows: list[dict], seed: int = 0, source: str = "archive", streams: int = STREAMS, length: int = LENGTH
+    rows: list[dict],
+    seed: int = 0,
+    source: str = "archive",
+    streams: int = STREAMS,
+    length: int = LENGTH,
+    held_out_share: float = HELD_OUT_SHARE,
 ) -> Reference:
-    """A reference from raw signals of reference images (one dict per image, as the handler reports them)."""
+    """A reference from raw signals of reference images (one dict per image, as the handler reports them).
+
+    ``held_out_share``: of the simulated streams' requests, the share drawn from the calibration
+    half (the drift bench compares 0, 1 and the default).
+    """
     fit, calibration = split(len(rows), seed)
     signals = fit_signals([rows[i] for i in fit])
     reference = Reference(signals, len(rows), len(fit), len(calibration), [], K, source)
     scores = np.stack([reference.scores(rows[i]) for i in (*calibration, *fit)])
-    held_out, fitted = HELD_OUT_SHARE / len(calibration), (1 - HELD_OUT_SHARE) / len(fit)
+    held_out, fitted = held_out_share / len(calibration), (1 - held_out_share) / len(fit)
     weights = np.concatenate([np.full(len(calibration), held_out), np.full(len(fit), fitted)])
     reference.table = calibration_table(scores, K, streams, length, seed, weights)
     if not reference.table:
