@@ -44,9 +44,8 @@ def reference_images(folder: Path) -> list[Path]:
     return images
 
 
-def attach_reference(archive: Path, folder: Path, seed: int = 0) -> Reference:
-    """Compute ``archive``'s drift reference from the images in ``folder`` and add it to the archive."""
-    images = reference_images(folder)
+def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int = 0) -> Reference:
+    """Compute ``archive``'s drift reference from ``images`` (``reference_images(folder)``) and add it."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
         handler = handler_for(archive, Path(tmp))

@@ -262,10 +262,11 @@ def build(args: argparse.Namespace) -> Path:
         raise SystemExit(f"error: version must look like 1.0 or 2.1.3, got {args.version!r}")
     if not NAME_RE.match(args.name):
         raise SystemExit(f"error: name must start with a letter, then letters, digits, '-' or '_', got {args.name!r}")
+    reference = None
     if args.reference:
         from drift.reference import reference_images
 
-        reference_images(Path(args.reference).resolve())  # a wrong folder fails before the slow part
+        reference = reference_images(Path(args.reference).resolve())  # a wrong folder fails before the slow part
     if args.workers is not None and args.workers < 1:
         raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
     weights = (ROOT / args.weights).resolve() if not os.path.isabs(args.weights) else Path(args.weights)
@@ -318,10 +319,10 @@ def build(args: argparse.Namespace) -> Path:
             check=True,
         )
         built = staging / f"{args.name}.mar"
-        if args.reference:
+        if reference is not None:
             from drift.reference import attach_reference
 
-            attach_reference(built, Path(args.reference).resolve())
+            attach_reference(built, Path(args.reference).resolve(), reference)
         else:
             print(
                 "warning: no --reference: the gateway cannot watch this version for drift (state no_reference); "
