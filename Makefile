@@ -29,6 +29,8 @@ MODEL ?= yolo
 WEIGHTS ?= $(WEIGHTS_$(MODEL))
 GATE_DATA ?= $(GATE_$(MODEL))
 REFERENCE ?= $(REFERENCE_$(MODEL))
+# Our own references are generated on first use; a REFERENCE of your own is a folder of your images.
+OWN_REFERENCE = $(if $(filter var/reference/%,$(REFERENCE)),$(REFERENCE)/manifest.json)
 PACKAGE = bash scripts/package_mar.sh --name $(MODEL) --weights $(WEIGHTS) --version $(VERSION) \
 	--gate-data $(GATE_DATA) $(if $(REFERENCE),--reference $(REFERENCE)) $(OPTIONS_$(MODEL))
 ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
@@ -53,11 +55,11 @@ $(VENV)/.installed: requirements.txt
 archive: venv ## Build each model's v$(VERSION) archive if missing; point its cold start at it if nothing is deployed
 	@$(foreach m,$(MODELS),$(MAKE) --no-print-directory model-archive MODEL=$(m) && ) true
 
-model-archive: $(if $(REFERENCE),$(REFERENCE)/manifest.json)
+model-archive: $(OWN_REFERENCE)
 	@test -f $(ARCHIVE) || $(PACKAGE)
 	@test -L serving/model-store/$(MODEL)_current.mar || $(PY) -m scripts.stack set-current $(VERSION) --model $(MODEL)
 
-package: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package MODEL's WEIGHTS as VERSION, gated on GATE_DATA, with REFERENCE's drift reference (FORCE=1 to rebuild a version)
+package: venv $(OWN_REFERENCE) ## Package MODEL's WEIGHTS as VERSION, gated on GATE_DATA, with REFERENCE's drift reference (FORCE=1 to rebuild a version)
 	$(PACKAGE) $(if $(FORCE),--force)
 
 # Drift references of our own models: 2,400 generated images each (the generator is deterministic per seed).
@@ -93,7 +95,7 @@ test: venv lint ## Set everything up, lint, and run the whole test suite
 test-fast: venv ## The edit-test loop: every test that starts no server and builds no archive (under 2 minutes)
 	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging" $(PYTEST_ARGS)
 
-redeploy: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
+redeploy: venv $(OWN_REFERENCE) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
 	@test -f $(ARCHIVE) || $(PACKAGE)
 	bash scripts/deploy.sh --model $(MODEL) $(VERSION)
@@ -101,7 +103,7 @@ redeploy: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package MODEL's 
 rollback: venv ## Abort MODEL's canary, or go back to its previous version (or VERSION=...)
 	bash scripts/rollback.sh --model $(MODEL) $(GIVEN_VERSION)
 
-canary: venv $(if $(REFERENCE),$(REFERENCE)/manifest.json) ## Package (unless packaged) and canary MODEL's VERSION on PERCENT % of its unpinned traffic
+canary: venv $(OWN_REFERENCE) ## Package (unless packaged) and canary MODEL's VERSION on PERCENT % of its unpinned traffic
 	$(NEED_VERSION)
 	@test -n "$(PERCENT)" || { echo "error: say how much traffic: make canary VERSION=$(VERSION) PERCENT=20" >&2; exit 1; }
 	@test -f $(ARCHIVE) || $(PACKAGE)
