@@ -6,7 +6,7 @@ arm is watched against its own version's reference, never against the default's.
 reference comes from its archive (``describe_handle``'s ``drift_reference``, fetched once), or
 from a rebaseline kept in the state store, which wins. Its threshold is the one the
 reference's calibration predicts reaches the model's target ERT (``GATEWAY_DRIFT_TARGET_ERT``,
-per model ``GATEWAY_DRIFT_TARGET_ERT_BY_MODEL``) with the margin of ``drift.reference``.
+per model ``GATEWAY_DRIFT_TARGET_ERT_BY_MODEL``) times ``drift.detector.MARGIN``.
 
 An alarm is kept (signal, tier, request count, time), turns the version's state to
 ``warning`` (input tier) or ``critical`` (output tier) until an operator resets it, and the
@@ -83,6 +83,8 @@ class Watch:
             return []
         crossed = self.detector.update(raw)
         self.unsaved += 1
+        if not crossed:
+            return []
         when = datetime.now(UTC).isoformat(timespec="seconds")
         found = [
             {"signal": s.name, "tier": s.tier, "at_request": self.detector.requests, "time": when} for s in crossed
@@ -177,12 +179,6 @@ class DriftMonitor:
         if saved:
             watch.restore(saved)
         return watch
-
-    def known(self, model: str) -> list[Watch]:
-        return sorted(
-            (w for (m, _), w in self.watches.items() if m == model),
-            key=lambda w: [int(p) for p in w.version.split(".")],
-        )
 
     async def observe(self, model: str, version: str, raw: dict) -> None:
         watch = await self.watch(model, version)

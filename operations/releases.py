@@ -32,7 +32,7 @@ from operations.history import SWITCHES, previous_version, read_canary, read_his
 from operations.packaging import sha256sum
 from operations.stack import Stack, set_current, wait_until
 from quality.gate import quality_gate, smoke_check
-from serving.yolo_contract import VERSION_RE
+from serving.yolo_contract import VERSION_RE, version_order
 
 DEFAULT_KEEP = int(os.environ.get("DEPLOY_KEEP", "1"))
 DEFAULT_DRAIN_S = float(os.environ.get("DEPLOY_DRAIN_S", "3"))
@@ -168,7 +168,7 @@ def unload_extras(r: Release, current: str, keep: int, drain_s: float, out) -> N
                 served[entry["previous"]] = at
             served[entry["version"]] = at + 1
     others = [v for v in r.ts.loaded_versions(r.model) if v != current and not (canary and canary.version == v)]
-    others.sort(key=lambda v: (served.get(v, -1), [int(p) for p in v.split(".")]), reverse=True)
+    others.sort(key=lambda v: (served.get(v, -1), version_order(v)), reverse=True)
     stale = others[keep:]
     if stale:
         time.sleep(drain_s)  # requests routed to them just before the switch finish first

@@ -34,6 +34,12 @@ VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"
 NAME_RE = re.compile(NAME_PATTERN)
 VERSION_RE = re.compile(VERSION_PATTERN)
 
+
+def version_order(version: str) -> list[int]:
+    """Sort key of a version: 1.10 comes after 1.9."""
+    return [int(part) for part in version.split(".")]
+
+
 # Drift signals (serving/yolo_signals.py computes them, drift/ watches them): the input tier describes the
 # picture and is a warning; every other signal describes the answer and is critical. Class mix travels as
 # ``class_mix:<class name>`` counts of the classes present.

@@ -19,7 +19,7 @@ from gateway.errors import APIError
 from gateway.routes.predict import ModelName
 from gateway.schemas import DriftResponse, ErrorResponse
 from gateway.state import history_entry, history_log
-from serving.yolo_contract import VERSION_PATTERN
+from serving.yolo_contract import VERSION_PATTERN, version_order
 
 router = APIRouter(tags=["drift"])
 WHO = "gateway-admin"
@@ -40,7 +40,7 @@ Version = Annotated[
 async def loaded_versions(request: Request, model: str) -> list[str]:
     """The model's loaded versions, oldest first; 404 naming the served models for an unknown name."""
     described = await get_upstream(request).describe(model, all_versions=True)
-    return sorted({entry.get("modelVersion") for entry in described}, key=lambda v: [int(p) for p in v.split(".")])
+    return sorted({entry.get("modelVersion") for entry in described}, key=version_order)
 
 
 async def watches(request: Request, model: str, version: str | None = None) -> list[Watch]:

@@ -16,6 +16,7 @@ from gateway.routes.predict import ModelName
 from gateway.schemas import ErrorResponse, ModelInfo, ModelsResponse
 from gateway.torchserve import ready_count
 from gateway.upstream import Upstream
+from serving.yolo_contract import version_order
 
 router = APIRouter(tags=["models"])
 
@@ -41,7 +42,7 @@ async def model_info(upstream: Upstream, model: str, default_model: str, monitor
         }
         for entry in every
     ]
-    versions.sort(key=lambda v: [int(p) for p in v["version"].split(".")])
+    versions.sort(key=lambda v: version_order(v["version"]))
     served = by_version.get(default_version, {})
     return {
         "name": model,
