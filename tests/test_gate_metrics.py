@@ -149,6 +149,55 @@ def test_pose_pck_counts_visible_keypoints_within_a_tenth_of_the_box():
     assert gm.score("pose", truth, [answer("pose", [unmatched])]) == 0.0
 
 
+def _tab(names: list[str]) -> list[dict]:
+    """One labelled tab, radius 10 px, keypoints at x = 10, 30, 50, 70 (visible), under ``names``."""
+    points = [[10, 10, 2], [30, 10, 2], [50, 10, 2], [70, 10, 2]]
+    keypoints = [[*p, n] for p, n in zip(points, names, strict=True)]
+    return [_item([{"class": "tab", "bbox": [0, 0, 100, 50], "keypoints": keypoints}])]
+
+
+def _served(names: list[str], xs: list[float]) -> dict:
+    return answer(
+        "pose", [det("tab", [0, 0, 100, 50], keypoints=[kp(n, x, 10) for n, x in zip(names, xs, strict=True)])]
+    )
+
+
+@pytest.mark.parametrize(
+    ("truth", "served"),
+    [
+        (["0", "1", "2", "3"], ["tip", "base", "left", "right"]),  # data.yaml without kpt_names, weights with them
+        (["tip", "base", "left", "right"], ["0", "1", "2", "3"]),  # weights without them
+        (["tip", "base", "left", "right"], ["a", "b", "c", "d"]),  # names on both sides that share none
+        (["0", "1", "2", "3"], ["0", "1", "2", "3"]),
+    ],
+)
+def test_pose_keypoints_are_matched_by_index_when_either_side_has_no_names(truth, served):
+    assert gm.score("pose", _tab(truth), [_served(served, [10, 30, 50, 70])]) == 1.0
+    assert gm.score("pose", _tab(truth), [_served(served, [10, 30, 50, 99])]) == 0.75
+
+
+def test_pose_keypoints_are_matched_by_name_when_both_sides_name_them():
+    named = ["tip", "base", "left", "right"]
+    in_another_order = _served(["right", "left", "base", "tip"], [70, 50, 30, 10])
+    assert gm.score("pose", _tab(named), [in_another_order]) == 1.0
+    assert gm.paired_keypoints(named, in_another_order["detections"][0]["keypoints"])[0]["name"] == "tip"
+    missing_one = _served(["tip", "base", "left"], [10, 30, 50])
+    assert gm.score("pose", _tab(named), [missing_one]) == 0.75
+
+
+def test_label_lines_of_the_wrong_length_are_refused_and_detect_takes_polygons():
+    names = {0: "nut"}
+    polygon = gm.parse_label_line("detect", "0 0.1 0.2 0.3 0.2 0.2 0.4", 100, 100, names)
+    assert polygon["bbox"] == pytest.approx([10, 20, 30, 40]) and "polygon" not in polygon
+    for task, line in (("detect", "0 0.5 0.5 0.1"), ("obb", "0 0.1 0.1 0.2 0.2"), ("pose", "0 0.5 0.5 0.2 0.2 0.1")):
+        with pytest.raises(ValueError, match=f"a {task} label has"):
+            gm.parse_label_line(task, line, 100, 100, names)
+    with pytest.raises(KeyError):
+        gm.parse_label_line("detect", "3 0.5 0.5 0.1 0.1", 100, 100, names)
+    two_d = gm.parse_label_line("pose", "0 0.5 0.5 0.2 0.2 0.1 0.2 0.3 0.4", 100, 100, names, kpt_dim=2)
+    np.testing.assert_allclose(two_d["keypoints"], [[10, 20, 2], [30, 40, 2]])
+
+
 def test_classify_top1_takes_the_most_confident_class():
     truth = [{"class": "nut"}, {"class": "bolt"}]
     ranked = {"status": "success", "classifications": [{"class": "nut", "class_id": 2, "confidence": 0.7}]}
