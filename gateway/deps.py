@@ -8,6 +8,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from gateway.canary import Canaries
+from gateway.capture import Capturer
 from gateway.drift import DriftMonitor
 from gateway.errors import APIError
 from gateway.limits import PendingPredictions, TokenBuckets, client_address, rate_limited
@@ -40,6 +41,10 @@ def get_canaries(request: Request) -> Canaries:
 
 def get_drift(request: Request) -> DriftMonitor:
     return request.app.state.drift
+
+
+def get_capturer(request: Request) -> Capturer:
+    return request.app.state.capturer
 
 
 def get_store(request: Request) -> StateStore:

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.canary import Canaries
+from gateway.capture import Capturer, CaptureStore, load_policies
 from gateway.drift import DriftCollector, DriftMonitor
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
 from gateway.limits import PendingPredictions, TokenBuckets
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.routes import admin, drift, health, models, predict, ui
+from gateway.request_id import RequestIDMiddleware
+from gateway.routes import admin, captures, drift, health, models, predict, ui
 from gateway.settings import Settings
 from gateway.state import open_store
 from gateway.upstream import Upstream
@@ -26,9 +28,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = app.state.upstream = Upstream(settings, metrics)
+        capturer.start()
         try:
             yield
         finally:
+            await capturer.stop()
             monitor.save_all()
             await upstream.aclose()
             store.close()
@@ -51,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store, drift_reference, settings.target_ert, settings.drift_recent_requests
     )
     metrics.registry.register(DriftCollector(monitor))
+    capture_store = app.state.capture_store = CaptureStore(settings.capture_dir, store)
+    capturer = app.state.capturer = Capturer(load_policies(settings.capture_policy), capture_store, metrics)
     pending = app.state.pending = PendingPredictions(
         settings.max_pending_predictions, settings.retry_after_s, metrics.cut_uploads.labels("busy").inc
     )
@@ -64,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(drift.router)
+    app.include_router(captures.router)
     app.include_router(ui.router)
     app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/429 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIDMiddleware)  # outermost: every answer carries an X-Request-ID
     return app

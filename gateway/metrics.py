@@ -69,6 +69,35 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.prediction_errors = Counter(
+            "gateway_prediction_errors",
+            "Predictions TorchServe failed (5xx), by the version asked for (default: the default version's arm)",
+            ["model", "model_version", "code"],
+            registry=self.registry,
+        )
+        self.captures = Counter(
+            "gateway_captures",
+            "Production images captured for labelling (GATEWAY_CAPTURE_POLICY)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.capture_reasons = Counter(
+            "gateway_capture_reasons",
+            "Why images were captured (random, drift, near_threshold, class, no_detections, many_detections)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.capture_dropped = Counter(
+            "gateway_capture_dropped",
+            "Captures decided but not kept: cap_minute/hour/day, queue_full, duplicate, near_duplicate, quota, "
+            "disk_full, store_error (the answer is never affected)",
+            ["model", "cause"],
+            registry=self.registry,
+        )
+        self.capture_bytes = Gauge(
+            "gateway_capture_bytes", "Bytes of captured images kept for the model", ["model"], registry=self.registry
+        )
+
     def record_prediction(self, body: dict, upstream_s: float) -> None:
         model, version = body.get("model", {}).get("name", "unknown"), body.get("model", {}).get("version", "unknown")
         self.upstream.labels(model, version).observe(upstream_s)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from gateway.capture import CapturePolicy
 from serving.yolo_contract import TASKS
 
 
@@ -145,6 +146,12 @@ class ModelVersion(BaseModel):
     drift_reference: DriftReferenceInfo | None = Field(None, description="null: no reference, no drift watch")
 
 
+class CaptureInfo(BaseModel):
+    policy: CapturePolicy = Field(description="what of this model's traffic is kept (GATEWAY_CAPTURE_POLICY)")
+    stored: int = Field(description="captures kept")
+    bytes: int = Field(description="bytes of captured images kept")
+
+
 class ModelInfo(BaseModel):
     name: str = Field(examples=["yolo"], description="predict with it at /models/{name}/predict")
     serves_predict: bool = Field(description="whether /predict (without a model name) reaches this model")
@@ -152,6 +159,7 @@ class ModelInfo(BaseModel):
     task: Task | None = Field(None, description="the default version's task")
     classes: dict[int, str] | None = Field(None, description="the default version's class names by id")
     versions: list[ModelVersion]
+    capture: CaptureInfo | None = Field(None, description="null: this model's traffic is not captured")
 
 
 class ModelsResponse(BaseModel):
@@ -221,3 +229,35 @@ class DriftVersion(BaseModel):
 class DriftResponse(BaseModel):
     model: str
     versions: list[DriftVersion]
+
+
+class Capture(BaseModel):
+    model_config = {"extra": "allow"}
+
+    id: str = Field(description="the capture's id (time-ordered)")
+    request_id: str = Field(description="the request's X-Request-ID")
+    model: str
+    version: str = Field(description="the version that answered")
+    sha256: str = Field(description="of the image's bytes, as uploaded")
+    size: int
+    media_type: str
+    width: int
+    height: int
+    params: dict = Field(description="the request's query parameters")
+    answer: dict = Field(description="what the model answered")
+    signals: dict | None = Field(description="the drift signals of the answer")
+    reasons: list[str] = Field(description="random, drift, near_threshold, class:NAME, no_detections, many_detections")
+    time: float
+    when: str = Field(description="ISO 8601")
+    phash: str = Field(description="64-bit perceptual hash, hex")
+
+
+class CaptureList(BaseModel):
+    model: str
+    total: int = Field(description="captures matching the filters (before limit/offset)")
+    captures: list[Capture] = Field(description="newest first")
+
+
+class CapturePurge(BaseModel):
+    model: str
+    purged: list[str] = Field(description="ids of the captures deleted, with their images")

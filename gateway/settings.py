@@ -83,6 +83,19 @@ class Settings(BaseSettings):
         5000, ge=0, description="signals of the last requests kept per version for a rebaseline (in memory)"
     )
 
+    capture_policy: Path | None = Field(
+        None, description="YAML of per-model capture policies (what traffic is kept for labelling); unset: capture off"
+    )
+    capture_dir: Path = Field(Path("var/captures"), description="where captured images are kept (0600, by sha256)")
+
+    @field_validator("capture_policy")
+    @classmethod
+    def _capture_policy(cls, value: Path | None) -> Path | None:
+        from gateway.capture import load_policies
+
+        load_policies(value)
+        return value
+
     @field_validator("drift_target_ert_by_model")
     @classmethod
     def _targets(cls, value: str) -> str:

@@ -5,7 +5,7 @@ append-only log per name (a model's deploy history), each a JSON object. The def
 is an SQLite file (``var/state.db`` beside the local stack, a named volume in Compose) in WAL
 mode, so a deploy writing and the gateway reading never block each other; ``redis://...``
 selects Redis, for several gateways that share one state. ``open_store`` picks by the
-location's shape; both backends answer the same five calls.
+location's shape; both backends answer the same six calls.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class StateStore(Protocol):
     def append(self, log: str, entry: dict) -> None: ...
 
     def entries(self, log: str) -> list[dict]: ...
+
+    def scan(self, prefix: str) -> list[tuple[str, dict]]: ...
 
     def close(self) -> None: ...
 
@@ -113,6 +115,13 @@ class SQLiteStore:
     def entries(self, log: str) -> list[dict]:
         return [json.loads(row[0]) for row in self._run("SELECT entry FROM log WHERE name = ? ORDER BY id", (log,))]
 
+    def scan(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order (a range of the primary key)."""
+        rows = self._run(
+            "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")
+        )
+        return [(key, json.loads(value)) for key, value in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -154,6 +163,17 @@ class RedisStore:
 
     def entries(self, log: str) -> list[dict]:
         return [json.loads(item) for item in self._call("lrange", f"{self._prefix}log:{log}", 0, -1)]
+
+    def scan(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        start = f"{self._prefix}kv:"
+        pattern = start + "".join(f"[{c}]" if c in "*?[]\\^" else c for c in prefix) + "*"
+        try:
+            keys = sorted(self._redis.scan_iter(match=pattern, count=500))
+        except self._errors as exc:
+            raise StateError(f"state store {self.location}: {exc}") from exc
+        values = self._call("mget", keys) if keys else []
+        return [(key[len(start) :], json.loads(v)) for key, v in zip(keys, values, strict=True) if v is not None]
 
     def close(self) -> None:
         self._redis.close()

@@ -113,6 +113,11 @@ class Stack:
         return self.state_store or str(self.run_dir / "state.db")
 
     @property
+    def capture_dir(self) -> Path:
+        """Where the gateway keeps captured images (``GATEWAY_CAPTURE_DIR``) and the retraining reads them."""
+        return Path(self.gateway_env.get("GATEWAY_CAPTURE_DIR") or self.run_dir / "captures")
+
+    @property
     def state_dir(self) -> Path:
         """Where each model's history and canary files were kept before the state store (migrated from)."""
         return self.run_dir / "models"
@@ -262,6 +267,7 @@ def start_gateway(stack: Stack) -> int:
         "GATEWAY_TS_KEY_FILE": str(stack.key_file),
         "GATEWAY_DEFAULT_MODEL": stack.model_name,
         "GATEWAY_STATE_STORE": stack.state_location,
+        "GATEWAY_CAPTURE_DIR": str(stack.capture_dir),
         **stack.gateway_env,
     }
     cmd = [str(VENV_BIN / "python"), "-m", "gateway.serve", "--host", stack.host, "--port", str(stack.gateway_port)]

@@ -152,6 +152,7 @@ class YoloHandler(BaseHandler):
             "classes": self.names,
             "kpt_names": list(self.config.kpt_names) if self.config.kpt_names else None,
             "imgsz": self.config.imgsz,
+            "conf": self.config.conf,
             "format": self.backend.format,
             "drift_reference": self.drift_reference,
         }

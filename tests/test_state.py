@@ -53,7 +53,7 @@ def redis_url(tmp_path_factory):
 
 
 def exercise(store) -> None:
-    """The five calls, as the canary and the deploy history use them."""
+    """The six calls, as the canary, the deploy history and the captures' manifest use them."""
     assert store.get("canary/yolo") is None and store.entries("history/yolo") == []
     store.put("canary/yolo", {"version": "2.0", "percent": 20.0})
     store.put("canary/yolo", {"version": "2.0", "percent": 50.0})
@@ -65,6 +65,11 @@ def exercise(store) -> None:
     assert [e["n"] for e in store.entries("history/yolo")] == [0, 1, 2], "oldest first, per log"
     assert store.delete("canary/yolo") is True and store.delete("canary/yolo") is False
     assert store.get("canary/yolo") is None and store.get("canary/parts") == {"version": "1.1", "percent": 5.0}
+    for key in ("capture/yolo/b2", "capture/yolo/a1", "capture/yolo2/c3", "capture/y*lo/d4"):
+        store.put(key, {"id": key[-2:]})
+    assert store.scan("capture/yolo/") == [("capture/yolo/a1", {"id": "a1"}), ("capture/yolo/b2", {"id": "b2"})]
+    assert [key for key, _ in store.scan("capture/y*")] == ["capture/y*lo/d4"], "a prefix is matched literally"
+    assert store.scan("nothing/") == []
 
 
 def test_sqlite_store_keeps_state_across_restarts_and_processes(tmp_path):

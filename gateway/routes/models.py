@@ -10,7 +10,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import get_drift, get_settings, get_upstream
+from gateway.capture import Capturer
+from gateway.deps import get_capturer, get_drift, get_settings, get_upstream
 from gateway.drift import DriftMonitor
 from gateway.routes.predict import ModelName
 from gateway.schemas import ErrorResponse, ModelInfo, ModelsResponse
@@ -21,8 +22,11 @@ from serving.yolo_contract import version_order
 router = APIRouter(tags=["models"])
 
 
-async def model_info(upstream: Upstream, model: str, default_model: str, monitor: DriftMonitor) -> dict:
-    """One model: its versions with their workers, task and drift reference, and the default version's classes."""
+async def model_info(
+    upstream: Upstream, model: str, default_model: str, monitor: DriftMonitor, capturer: Capturer
+) -> dict:
+    """One model: its versions with their workers, task and drift reference, the default version's classes and
+    the capture policy."""
     default, every = await asyncio.gather(upstream.describe(model), upstream.describe(model, all_versions=True))
     default_version = default[0].get("modelVersion") if default else None
     metadata = await asyncio.gather(*(upstream.handler_metadata(model, entry.get("modelVersion")) for entry in every))
@@ -51,6 +55,7 @@ async def model_info(upstream: Upstream, model: str, default_model: str, monitor
         "task": served.get("task"),
         "classes": served.get("classes"),
         "versions": versions,
+        "capture": await capturer.info(model),
     }
 
 
@@ -59,8 +64,8 @@ async def models(request: Request) -> dict:
     """Every model TorchServe serves, with its versions, task, classes and ready workers."""
     upstream, default_model = get_upstream(request), get_settings(request).default_model
     names = await upstream.model_names()
-    monitor = get_drift(request)
-    described = await asyncio.gather(*(model_info(upstream, name, default_model, monitor) for name in names))
+    monitor, capturer = get_drift(request), get_capturer(request)
+    described = await asyncio.gather(*(model_info(upstream, name, default_model, monitor, capturer) for name in names))
     return {"default_model": default_model, "models": described}
 
 
@@ -71,4 +76,5 @@ async def models(request: Request) -> dict:
 )
 async def one_model(request: Request, model: ModelName) -> dict:
     """One model's versions, task, classes and ready workers; an unknown name is a 404 naming the served ones."""
-    return await model_info(get_upstream(request), model, get_settings(request).default_model, get_drift(request))
+    upstream, default_model = get_upstream(request), get_settings(request).default_model
+    return await model_info(upstream, model, default_model, get_drift(request), get_capturer(request))

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from gateway.annotate import annotate
 from gateway.deps import (
     get_canaries,
+    get_capturer,
     get_drift,
     get_metrics,
     get_pending,
@@ -128,6 +129,8 @@ async def predict_one(request: Request, model: str, data: bytes, params: Inferen
     try:
         result = await get_upstream(request).predict(model, data, version, params.upstream_headers())
     except APIError as exc:
+        if exc.status >= 500 and exc.code != UNKNOWN_MODEL:
+            metrics.prediction_errors.labels(model, version or "default", exc.code).inc()
         return exc.status, error_content(exc.code, exc.message)
     body = result.body
     if result.status == 200 and body.get("status") == "success":
@@ -135,13 +138,17 @@ async def predict_one(request: Request, model: str, data: bytes, params: Inferen
         signals = body.pop("signals", None)
         if signals is not None:
             await watch_drift(request, body["model"], signals)
-            if params.signals:
-                body["signals"] = signals
+        await capture(request, data, params, body, signals)
+        if signals is not None and params.signals:
+            body["signals"] = signals
         body["timing_ms"] = {
             **body.get("timing_ms", {}),
             "upstream": round(result.upstream_ms, 2),
             "total": round((time.perf_counter() - started) * 1000, 2),
         }
+    elif result.status >= 500:
+        code = (body.get("error") or {}).get("code") or f"http_{result.status}"
+        metrics.prediction_errors.labels(model, version or "default", code).inc()
     return result.status, body
 
 
@@ -151,6 +158,23 @@ async def watch_drift(request: Request, answered: dict, signals: dict) -> None:
         await get_drift(request).observe(answered["name"], answered["version"], signals)
     except Exception:  # noqa: BLE001 - the answer is good whatever the watch thinks; the next request tries again
         logger.exception("drift watch of %s v%s failed", answered.get("name"), answered.get("version"))
+
+
+async def capture(request: Request, data: bytes, params: InferenceParams, body: dict, signals: dict | None) -> None:
+    """Offer the answer to the model's capture policy; the decision is quick, the storing is off the request path."""
+    capturer = get_capturer(request)
+    model, version = body["model"]["name"], body["model"]["version"]
+    if model not in capturer.policies:
+        return
+    try:
+        conf = await capturer.default_conf(model, version, get_upstream(request).handler_metadata)
+        watch = get_drift(request).watches.get((model, version))
+        given = params.model_dump(exclude_none=True, exclude={"signals", "format"})
+        request_id = getattr(request.state, "request_id", "")
+        capturer.offer(request_id, data, given, body, signals, conf, bool(watch and watch.alarms))
+    except Exception:  # noqa: BLE001 - the answer is good whatever the capture thinks
+        logger.exception("capture of %s v%s failed", model, version)
+        capturer.drop(model, "store_error")
 
 
 PREDICT_DOC = {
