@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PEERS_VENV := .venv-peers
-PY_DIRS := serving gateway drift operations quality benchmarks containers scripts models tests
+PY_DIRS := serving gateway drift operations quality retraining benchmarks containers scripts models tests
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -37,6 +37,7 @@ ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
 .PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak drift-bench
+.PHONY: retrain ct-demo mlflow-ui capture-bench
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -71,6 +72,26 @@ var/reference/parts-s9001/manifest.json: | $(VENV)/.installed
 
 drift-bench: venv var/reference/defects-s9001/manifest.json ## False-alarm rate (observed vs predicted ERT) and detection delays of the drift detectors on v2.0 (reports/drift_bench.md)
 	$(PY) -m scripts.drift_bench
+
+retrain: venv ## Fine-tune MODEL on its labelled captures (var/labels/MODEL), gate, canary and promote it (EPOCHS, DATASET)
+	$(PY) -m scripts.retrain run --model $(MODEL) $(if $(DATASET),--dataset $(DATASET)) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+ct-demo: venv var/reference/defects-s9001/manifest.json ## Defocus -> drift alarm -> captures -> labels -> fine-tune -> canary -> promote, on a private stack (reports/ct_demo.md)
+	$(PY) -m scripts.ct_demo
+
+capture-bench: venv ## The p50 latency capturing every answer adds, two gateways side by side (reports/capture_bench.md)
+	$(PY) -m scripts.capture_bench
+
+# MLflow's UI needs the full mlflow (about 850 MB), so it has a venv of its own; the runs are var/mlflow/mlflow.db
+MLFLOW_VENV := .venv-mlflow
+$(MLFLOW_VENV)/.installed:
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check mlflow==3.17.2
+	@touch $@
+
+mlflow-ui: $(MLFLOW_VENV)/.installed ## Show every retraining's MLflow run on http://127.0.0.1:5000 (PORT=...)
+	@mkdir -p var/mlflow
+	$(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --host 127.0.0.1 --port $(or $(PORT),5000)
 
 up: archive ## Set everything up and start TorchServe + gateway (idempotent)
 	$(PY) -m scripts.stack up

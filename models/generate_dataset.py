@@ -246,19 +246,43 @@ def write_dataset_yaml(out: Path) -> Path:
     return path
 
 
-def _write(job: tuple[Path, int, str, int, int, int]) -> None:
-    out, seed, split, w, h, i = job
-    rng = image_rng(seed, split, i)
+def sample(
+    seed: int, split: str, index: int, size: tuple[int, int] = DEFAULT_SIZE, blur: float = 0.0
+) -> tuple[bytes, str]:
+    """Image ``index`` of ``split`` for ``seed``: (JPEG bytes, YOLO label text), as ``generate`` writes it.
+
+    ``blur`` > 0 defocuses the rendered picture with a Gaussian of that sigma (pixels) before the
+    camera's JPEG encoding, as an out-of-focus lens would; the labels stay those of the sharp scene.
+    """
+    w, h = size
+    rng = image_rng(seed, split, index)
     bgr, boxes = render(rng, w, h)
+    if blur > 0:
+        bgr = cv2.GaussianBlur(bgr, (0, 0), blur)
+    return encode_jpeg(rng, bgr), yolo_lines(boxes, w, h)
+
+
+def _write(job: tuple[Path, int, str, int, int, int, float]) -> None:
+    out, seed, split, w, h, i, blur = job
+    jpeg, label = sample(seed, split, i, (w, h), blur)
     stem = f"{split}_{i:05d}"
-    (out / "images" / split / f"{stem}.jpg").write_bytes(encode_jpeg(rng, bgr))
-    (out / "labels" / split / f"{stem}.txt").write_text(yolo_lines(boxes, w, h))
+    (out / "images" / split / f"{stem}.jpg").write_bytes(jpeg)
+    (out / "labels" / split / f"{stem}.txt").write_text(label)
 
 
-def generate(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int] = DEFAULT_SIZE, jobs: int = 1) -> Path:
+def generate(
+    out: Path,
+    seed: int,
+    counts: dict[str, int],
+    size: tuple[int, int] = DEFAULT_SIZE,
+    jobs: int = 1,
+    blur: float = 0.0,
+) -> Path:
     """Write images/, labels/, dataset.yaml and manifest.json under ``out``; returns the yaml path.
 
     ``jobs`` processes render in parallel; every image has its own RNG, so the bytes do not depend on it.
+    ``blur`` > 0 renders every image defocused by a Gaussian of that sigma (see ``sample``), labels unchanged;
+    the manifest records it (only when non-zero, so blur-free manifests keep their bytes).
     """
     w, h = size
     out = Path(out)
@@ -266,7 +290,7 @@ def generate(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int]
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        work += [(out, seed, split, w, h, i) for i in range(counts.get(split, 0))]
+        work += [(out, seed, split, w, h, i, float(blur)) for i in range(counts.get(split, 0))]
     if jobs > 1:
         from multiprocessing import get_context
 
@@ -276,13 +300,16 @@ def generate(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int]
         for job in work:
             _write(job)
     manifest = {"seed": seed, "size": [w, h], "counts": {s: counts.get(s, 0) for s in SPLITS}, "classes": CLASSES}
+    if blur:
+        manifest["blur"] = float(blur)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return write_dataset_yaml(out)
 
 
-def dataset_name(seed: int, counts: dict[str, int], size: tuple[int, int]) -> str:
+def dataset_name(seed: int, counts: dict[str, int], size: tuple[int, int], blur: float = 0.0) -> str:
     """Directory name that encodes every generation parameter, so changed args never reuse stale data."""
-    return f"defects_s{seed}_{size[0]}x{size[1]}_{counts['train']}-{counts['val']}-{counts['test']}"
+    name = f"defects_s{seed}_{size[0]}x{size[1]}_{counts['train']}-{counts['val']}-{counts['test']}"
+    return f"{name}_blur{blur:g}" if blur else name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -294,10 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test", type=int, default=150)
     ap.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT or SIDE (default 640x480)")
     ap.add_argument("--jobs", type=int, default=1, help="processes rendering in parallel (default 1)")
+    ap.add_argument(
+        "--blur", type=float, default=0.0, metavar="SIGMA", help="defocus every image: Gaussian blur sigma (default 0)"
+    )
     args = ap.parse_args(argv)
+    if args.blur < 0:
+        ap.error("--blur must be >= 0")
     counts = {"train": args.train, "val": args.val, "test": args.test}
-    out = args.out or MODELS_DIR / "datasets" / dataset_name(args.seed, counts, args.size)
-    print(generate(out, args.seed, counts, args.size, args.jobs))
+    out = args.out or MODELS_DIR / "datasets" / dataset_name(args.seed, counts, args.size, args.blur)
+    print(generate(out, args.seed, counts, args.size, args.jobs, args.blur))
 
 
 if __name__ == "__main__":

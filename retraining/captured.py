@@ -1,0 +1,82 @@
+"""The captures of a stack's model, for the operator's command line: list, export for labelling, import labels.
+
+The gateway keeps the captures (``gateway.capture``): images under the stack's capture folder,
+rows in its state store. Exports take the model's task and class names from the weights its
+default archive was packaged from, so the labels use the model's own ids.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.capture import CaptureStore
+from gateway.state import StateError, open_store
+from operations.archives import DeployError, archive_for, extract_source_weights
+from operations.stack import Stack, current_version
+from retraining.datasets import ExportSummary, ImportSummary, export_labelstudio, export_yolo, import_labels
+
+FORMATS = ("yolo", "labelstudio")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    task: str
+    names: dict[int, str]
+    kpt_names: list[str] | None
+
+
+def model_facts(stack: Stack) -> ModelFacts:
+    """Task, class names and keypoint names of the stack model's default version, read from its weights."""
+    version = current_version(stack)
+    if version is None:
+        raise DeployError(f"{stack.model_name} is not deployed on this stack: its task and classes are unknown")
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = YOLO(str(extract_source_weights(archive_for(stack, version), Path(folder))))
+        kpt_names = getattr(model.model, "kpt_names", None)
+        if isinstance(kpt_names, dict):
+            kpt_names = next(iter(kpt_names.values()), None)
+        return ModelFacts(
+            model.task, {int(k): str(v) for k, v in model.names.items()}, [str(n) for n in kpt_names or []] or None
+        )
+
+
+def captured_rows(stack: Stack, reason: str | None = None, since: float | None = None) -> tuple[list[dict], object]:
+    """(rows, a reader of their images) of the stack model's captures, oldest first, filtered."""
+    try:
+        state = open_store(stack.state_location)
+    except StateError as exc:
+        raise DeployError(str(exc)) from exc
+    store = CaptureStore(stack.capture_dir, state)
+    rows = [
+        row
+        for row in store.rows(stack.model_name)
+        if (reason is None or reason in row["reasons"] or reason in {r.partition(":")[0] for r in row["reasons"]})
+        and (since is None or row["time"] >= since)
+    ]
+    return rows, store.read
+
+
+def export(stack: Stack, fmt: str, out: Path, reason: str | None = None, since: float | None = None) -> ExportSummary:
+    """Write the captures as a YOLO dataset (predictions as pre-labels) or as Label Studio tasks."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: say {' or '.join(FORMATS)}")
+    rows, read = captured_rows(stack, reason, since)
+    if not rows:
+        raise DeployError(
+            f"{stack.model_name} has no captures{' with reason ' + reason if reason else ''} in {stack.capture_dir}: "
+            "set a capture policy (GATEWAY_CAPTURE_POLICY) and send traffic"
+        )
+    facts = model_facts(stack)
+    if fmt == "yolo":
+        return export_yolo(rows, read, out, facts.names, facts.task, kpt_names=facts.kpt_names)
+    return export_labelstudio(rows, read, out, facts.task, names=facts.names, kpt_names=facts.kpt_names)
+
+
+def import_into(stack: Stack, dataset: Path, labels: Path, who: str) -> ImportSummary:
+    """Bring corrected labels (a folder of YOLO label files, or Label Studio's JSON export) into ``dataset``."""
+    facts = model_facts(stack)
+    return import_labels(dataset, labels, facts.names, facts.task, who)
