@@ -85,25 +85,27 @@ class CapturePolicy(BaseModel):
     near_duplicate: NearDuplicate = Field(default_factory=NearDuplicate)
 
 
-def load_policies(path: Path | None) -> dict[str, CapturePolicy]:
-    """The policies of ``GATEWAY_CAPTURE_POLICY`` by model; ValueError naming the file and what is wrong."""
-    if path is None:
-        return {}
+def per_model(path: Path, kind: type[BaseModel], what: str) -> dict:
+    """A YAML file of one ``kind`` section per model, validated; ValueError naming the file and the key."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"capture policy {path}: {exc}") from None
+        raise ValueError(f"{what} {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"capture policy {path}: expected a mapping of model name to policy, e.g. 'yolo: {{random: "
-                         f"0.05}}'")  # fmt: skip
-    policies = {}
+        raise ValueError(f"{what} {path}: expected a mapping of model name to policy, e.g. 'yolo: {{...}}'")
+    found = {}
     for model, section in data.items():
         try:
-            policies[str(model)] = CapturePolicy.model_validate(section or {})
+            found[str(model)] = kind.model_validate(section or {})
         except ValidationError as exc:
             where = "; ".join(f"{model}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"capture policy {path}: {where}") from None
-    return policies
+            raise ValueError(f"{what} {path}: {where}") from None
+    return found
+
+
+def load_policies(path: Path | None) -> dict[str, CapturePolicy]:
+    """The policies of ``GATEWAY_CAPTURE_POLICY`` by model (none when unset)."""
+    return per_model(path, CapturePolicy, "capture policy") if path is not None else {}
 
 
 def reasons(policy: CapturePolicy, answer: dict, conf: float, alarmed: bool, draw: float) -> list[str]:

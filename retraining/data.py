@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from quality.gate_metrics import IMAGE_SUFFIXES, METRICS, load_gate_set
-from retraining.datasets import labelled_ids
+from retraining.datasets import labelled_ids, link
 
 HOLDOUT_SHARE = 0.2
 
@@ -152,24 +152,16 @@ def _place(items: list[Item], folder: Path, prefix: str, task: str) -> int:
     for n, item in enumerate(items):
         name = f"{prefix}{n:05d}_{item.image.stem}"
         if task == "classify":
-            _link(item.image, folder / str(item.cls) / f"{name}{item.image.suffix.lower()}")
+            link(item.image, folder / str(item.cls) / f"{name}{item.image.suffix.lower()}")
             continue
-        _link(item.image, folder / "images" / f"{name}{item.image.suffix.lower()}")
+        link(item.image, folder / "images" / f"{name}{item.image.suffix.lower()}")
         label = folder / "labels" / f"{name}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
         if item.label is not None and item.label.is_file():
-            _link(item.label, label)
+            link(item.label, label)
         else:
             label.write_text("")  # an image with nothing on it is a label too
     return len(items)
-
-
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _data_file(path: Path, root: Path, train, val: str, names: dict[int, str], extra: dict) -> Path:

@@ -506,7 +506,7 @@ def _export_classify(
                 _write(target, _blob(row, read_blob))
                 written = target
             elif not target.is_file():
-                _link(written, target)
+                link(written, target)
     _write_captures(out / CAPTURES_FILE, _read_captures(out / CAPTURES_FILE) | {r["id"]: r for r, *_ in planned})
     _drop_caches(out)
     return ExportSummary(out, len(planned), skipped, kept)
@@ -958,7 +958,8 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
 # ------------------------------------------------------------------------------------------------------ subsets
 
 
-def _link(source: Path, target: Path) -> None:
+def link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` at ``target`` (folders made), copying across file systems."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -990,10 +991,10 @@ def subset(dataset: Path, ids: Iterable[str], out: Path) -> Path:
                     (out / split / folder.name).mkdir(parents=True, exist_ok=True)
     for capture in ids:
         for path in images[capture]:
-            _link(path, out / path.relative_to(dataset))
+            link(path, out / path.relative_to(dataset))
         label = dataset / "labels" / f"{capture}.txt"
         if not classify and label.is_file():
-            _link(label, out / "labels" / label.name)
+            link(label, out / "labels" / label.name)
     if not classify:
         (out / "images").mkdir(parents=True, exist_ok=True)
         data = _load_yaml(dataset / DATA_FILE) | {"path": str(out)}

@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.capture import per_model
 from operations.history import read_history
 from operations.stack import Stack, current_version
 from retraining.datasets import labelled_ids
@@ -36,20 +36,7 @@ class TriggerPolicy(BaseModel):
 
 def load_triggers(path: Path) -> dict[str, TriggerPolicy]:
     """The policies by model; ValueError naming the file and the key that is wrong."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"trigger policy {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"trigger policy {path}: expected a mapping of model name to policy")
-    found = {}
-    for model, section in data.items():
-        try:
-            found[str(model)] = TriggerPolicy.model_validate(section or {})
-        except ValidationError as exc:
-            where = "; ".join(f"{model}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"trigger policy {path}: {where}") from None
-    return found
+    return per_model(path, TriggerPolicy, "trigger policy")
 
 
 def _epoch(iso: str) -> float:
