@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
@@ -137,24 +138,29 @@ def reasons(policy: CapturePolicy, answer: dict, conf: float, alarmed: bool, dra
 
 
 class Window:
-    """Times of the captures of the last day, to answer "how many in the last N seconds" for the caps."""
+    """Times of the captures of the last day, to answer "how many in the last N seconds" for the caps.
+
+    The request path reads it while the capture worker's thread adds to it: a lock keeps them apart."""
 
     def __init__(self, times: list[float] | None = None):
         self.times: deque[float] = deque(sorted(times or []))
+        self.lock = threading.Lock()
 
     def add(self, when: float) -> None:
-        self.times.append(when)
+        with self.lock:
+            self.times.append(when)
 
     def over(self, caps: Caps, now: float) -> str | None:
         """The first cap reached at ``now`` (cap_minute, cap_hour, cap_day), or None; counts at most the cap."""
-        while self.times and self.times[0] <= now - 86400:
-            self.times.popleft()
-        for name, span, cap in (("minute", 60, caps.minute), ("hour", 3600, caps.hour), ("day", 86400, caps.day)):
-            if cap is not None and self.count_since(now - span, cap) >= cap:
-                return f"cap_{name}"
+        with self.lock:
+            while self.times and self.times[0] <= now - 86400:
+                self.times.popleft()
+            for name, span, cap in (("minute", 60, caps.minute), ("hour", 3600, caps.hour), ("day", 86400, caps.day)):
+                if cap is not None and self._count_since(now - span, cap) >= cap:
+                    return f"cap_{name}"
         return None
 
-    def count_since(self, start: float, enough: int) -> int:
+    def _count_since(self, start: float, enough: int) -> int:
         """Captures after ``start``, newest first, counting no further than ``enough``."""
         found = 0
         for when in reversed(self.times):
