@@ -245,8 +245,9 @@ def run(plan: Plan, work: Path, clock: Clock) -> dict:
     clock.say(f"evaluate: incumbent 2.0 and candidate {outcome.candidate} on {plan.holdout} held-out images of seed "
               f"{EVAL_SEED}, defocused and clean")  # fmt: skip
     for name, data in evals.items():
-        figures[f"{name}_incumbent"] = score(incumbent, data, "detect", plan.imgsz_eval)
-        figures[f"{name}_candidate"] = score(candidate, data, "detect", plan.imgsz_eval) if candidate.exists() else 0
+        figures[f"{name}_incumbent"] = score(incumbent, data, "detect", plan.imgsz_eval, scratch=work)
+        found = score(candidate, data, "detect", plan.imgsz_eval, scratch=work) if candidate.exists() else 0.0
+        figures[f"{name}_candidate"] = found
         clock.say(
             f"  {name}: incumbent {figures[f'{name}_incumbent']:.4f}, candidate {figures[f'{name}_candidate']:.4f}"
         )

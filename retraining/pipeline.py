@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -129,7 +130,7 @@ def next_version(stack: Stack, incumbent: str) -> str:
             return candidate
 
 
-def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2) -> float:
+def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, scratch: Path | None = None) -> float:
     """The task's Ultralytics metric of ``weights`` on ``data``'s val split: mAP50-95 (box, mask, pose or
     rotated box), or top-1 accuracy for classify (val at conf 0.001, NMS IoU 0.7, as REPORT's figures are)."""
     import torch
@@ -138,8 +139,8 @@ def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2) ->
     torch.set_num_threads(threads)
     metrics = YOLO(str(weights)).val(
         data=str(data), split="val", imgsz=imgsz, batch=16, conf=0.001, iou=0.7, device="cpu",
-        plots=False, verbose=False, workers=0, save_json=False, project=str(Path(data).parent / "val"), name="v",
-        exist_ok=True,
+        plots=False, verbose=False, workers=0, save_json=False, name="val", exist_ok=True,
+        project=str(scratch or Path(tempfile.gettempdir())),  # what val writes stays out of the data's folder
     )  # fmt: skip
     if task == "classify":
         return round(float(metrics.top1), 4)
@@ -321,8 +322,8 @@ def _retrain(stack, options, out, steps: Steps, run, outcome: Outcome, dataset: 
         for name, data in (("holdout", ws.holdout), ("frozen", frozen_data)):
             if data is None or (name == "holdout" and ws.counts["holdout"] == 0):
                 continue
-            scores[f"{name}_incumbent"] = score(weights, data, task, imgsz, options.threads)
-            scores[f"{name}_candidate"] = score(tuned.weights, data, task, imgsz, options.threads)
+            scores[f"{name}_incumbent"] = score(weights, data, task, imgsz, options.threads, root / "scratch")
+            scores[f"{name}_candidate"] = score(tuned.weights, data, task, imgsz, options.threads, root / "scratch")
             out(f"  {name}: incumbent {scores[f'{name}_incumbent']:.4f}, candidate {scores[f'{name}_candidate']:.4f}")
         run.metrics(scores)
         refusal = judge(scores, options, frozen_images, out)
@@ -346,8 +347,12 @@ def _retrain(stack, options, out, steps: Steps, run, outcome: Outcome, dataset: 
         run.params({"reference_images": found if reference else 0})
     with steps.step("canary", f"gated canary of {version} on {options.canary_percent:g}% of {model}'s traffic"):
         start_canary(stack, version, options.canary_percent, out=lambda line: out(f"  {line}"))
-        verdict = watch_canary(stack.gateway_url, model, version, incumbent, options.canary_requests,
-                               options.canary_timeout_s, options.max_error_excess, out=out)  # fmt: skip
+        try:
+            verdict = watch_canary(stack.gateway_url, model, version, incumbent, options.canary_requests,
+                                   options.canary_timeout_s, options.max_error_excess, out=out)  # fmt: skip
+        except BaseException:  # the gateway gone, an interrupt: never leave the candidate taking traffic unjudged
+            rollback(stack, out=lambda line: out(f"  {line}"))
+            raise
         run.metrics(verdict.metrics())
         out(f"  canary {'passed' if verdict.passed else 'failed'}: {verdict.reason}")
     if verdict.passed:
