@@ -37,7 +37,7 @@ ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
 .PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak drift-bench
-.PHONY: retrain ct-demo mlflow-ui capture-bench
+.PHONY: retrain ct-demo mlflow-ui capture-bench cache-bench
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -81,6 +81,9 @@ ct-demo: venv var/reference/defects-s9001/manifest.json ## Defocus -> drift alar
 
 capture-bench: venv ## The p50 latency capturing every answer adds, two gateways side by side (reports/capture_bench.md)
 	$(PY) -m scripts.capture_bench
+
+cache-bench: venv ## Answer cache off, memory and Redis side by side on a stream with repeats: hit rate, latency (reports/answer_cache.md)
+	$(PY) -m scripts.answer_cache_bench
 
 # MLflow's UI needs the full mlflow (about 850 MB), so it has a venv of its own; the runs are var/mlflow/mlflow.db
 MLFLOW_VENV := .venv-mlflow

@@ -7,6 +7,7 @@ import secrets
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
+from gateway.answer_cache import AnswerCache
 from gateway.canary import Canaries
 from gateway.capture import Capturer
 from gateway.drift import DriftMonitor
@@ -29,6 +30,11 @@ def get_settings(request: Request) -> Settings:
 
 def get_upstream(request: Request) -> Upstream:
     return request.app.state.upstream
+
+
+def get_answer_cache(request: Request) -> AnswerCache | None:
+    """The answer cache, or None when it is off (``GATEWAY_ANSWER_CACHE``)."""
+    return request.app.state.answer_cache
 
 
 def get_metrics(request: Request) -> GatewayMetrics:

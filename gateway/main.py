@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.answer_cache import open_answer_cache
 from gateway.canary import Canaries
 from gateway.capture import Capturer, CaptureStore, load_policies
 from gateway.drift import DriftCollector, DriftMonitor
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard
+from gateway.lifecycle import CloseWhenDraining, Lifecycle
 from gateway.limits import PendingPredictions, TokenBuckets
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.request_id import RequestIDMiddleware
@@ -21,19 +23,25 @@ from gateway.state import open_store
 from gateway.upstream import Upstream
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The gateway; ``lifecycle`` is how ``gateway.serve`` tells it that SIGTERM came (it drains)."""
     settings = settings or Settings()
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = app.state.upstream = Upstream(settings, metrics)
+        answer_cache = app.state.answer_cache = open_answer_cache(
+            settings.answer_cache, settings.answer_cache_ttl_s, settings.answer_cache_entries, metrics
+        )
         capturer.start()
         try:
             yield
         finally:
             await capturer.stop()
             monitor.save_all()
+            if answer_cache is not None:
+                await answer_cache.aclose()
             await upstream.aclose()
             store.close()
 
@@ -44,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    lifecycle = app.state.lifecycle = lifecycle or Lifecycle()
     app.state.metrics = metrics
     store = app.state.store = open_store(settings.state_store)
     app.state.canaries = Canaries(store)
@@ -74,5 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui.router)
     app.add_middleware(UploadGuard, settings=settings, metrics=metrics)  # inside metrics: its 408/429 are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(CloseWhenDraining, lifecycle=lifecycle)
     app.add_middleware(RequestIDMiddleware)  # outermost: every answer carries an X-Request-ID
     return app

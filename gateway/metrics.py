@@ -98,6 +98,20 @@ class GatewayMetrics:
             "gateway_capture_bytes", "Bytes of captured images kept for the model", ["model"], registry=self.registry
         )
 
+        self.answer_cache = Counter(
+            "gateway_answer_cache_requests",
+            "Answer cache lookups (GATEWAY_ANSWER_CACHE): hit (answered from the cache, TorchServe not asked; not "
+            "in gateway_predictions), miss, error (the cache could not answer, e.g. Redis down: TorchServe answered)",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.answer_cache_saved = Counter(
+            "gateway_answer_cache_saved_seconds",
+            "TorchServe time the cache's hits saved: each hit adds the upstream time of the answer it repeats",
+            ["model"],
+            registry=self.registry,
+        )
+
     def record_prediction(self, body: dict, upstream_s: float) -> None:
         model, version = body.get("model", {}).get("name", "unknown"), body.get("model", {}).get("version", "unknown")
         self.upstream.labels(model, version).observe(upstream_s)

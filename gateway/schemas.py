@@ -120,7 +120,9 @@ class BatchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "unavailable"] = Field(description="whether the default model can answer")
+    status: Literal["ok", "unavailable", "draining"] = Field(
+        description="whether the default model can answer; draining: shutting down, still answering what it has"
+    )
     model: str = Field(description="the default model (the one /predict serves)")
     version: str | None = None
     workers_ready: int = 0

@@ -3,7 +3,9 @@
 Uvicorn itself, with one addition it lacks: a deadline for a request's headers. Headers are
 parsed by h11 inside uvicorn before the app sees anything, so no ASGI layer can time them;
 without this, a client that trickles a header line every few seconds holds its connection
-and file descriptor forever. The body's deadline is the app's (``gateway.guard``).
+and file descriptor forever. The body's deadline is the app's (``gateway.guard``). And a
+shutdown that drains: on SIGTERM the gateway reports not-ready and keeps serving for
+``GATEWAY_SHUTDOWN_DRAIN_S`` before uvicorn's graceful shutdown (``gateway.lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
+import threading
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import error_content
+from gateway.lifecycle import Lifecycle
+from gateway.main import create_app
 from gateway.settings import Settings
 from gateway.state import StateError, open_store
 
@@ -88,6 +95,38 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
+class DrainingServer(uvicorn.Server):
+    """Uvicorn's server, except that the first SIGTERM (or SIGINT) drains before uvicorn stops.
+
+    Draining marks ``lifecycle`` at once (``/health`` 503, ``Connection: close`` on answers) and
+    keeps serving for ``drain_s``; then uvicorn's own graceful shutdown stops accepting
+    connections and waits for the in-flight requests, bounded by its ``timeout_graceful_shutdown``.
+    A second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_s = drain_s
+        self.drain_timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.lifecycle.draining
+        self.lifecycle.drain()
+        if not (first and self.drain_s > 0):
+            super().handle_exit(sig, frame)
+            return
+        name = signal.Signals(sig).name
+        print(f"gateway: {name}, draining for {self.drain_s:g} s before shutting down", file=sys.stderr, flush=True)
+        self._captured_signals.append(sig)  # re-raised once uvicorn has shut down, as for its own signals
+        self.drain_timer = threading.Timer(self.drain_s, self._stop)
+        self.drain_timer.daemon = True
+        self.drain_timer.start()
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
 def _settings_or_exit() -> Settings:
     """The environment's settings, checked where a mistake would otherwise surface on a request: one line each."""
     try:
@@ -119,14 +158,16 @@ def main(argv: list[str] | None = None) -> None:
     settings = _settings_or_exit()
     HeaderDeadlineProtocol.settings = settings
     HeaderDeadlineProtocol.busy_response = _busy_response(settings)
-    uvicorn.run(
-        "gateway.main:create_app",
-        factory=True,
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle),
         host=args.host,
         port=args.port,
         http=HeaderDeadlineProtocol,
         access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
+    DrainingServer(config, lifecycle, settings.shutdown_drain_s).run()
 
 
 if __name__ == "__main__":

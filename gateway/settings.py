@@ -83,10 +83,28 @@ class Settings(BaseSettings):
         5000, ge=0, description="signals of the last requests kept per version for a rebaseline (in memory)"
     )
 
+    answer_cache: str = Field(
+        "off",
+        description="answer exact repeats (same image, parameters, model and version) from a cache: off, memory "
+        "(this process) or redis://HOST:PORT/DB (shared by replicas)",
+    )
+    answer_cache_ttl_s: int = Field(3600, gt=0, description="seconds an answer is kept in the answer cache")
+    answer_cache_entries: int = Field(4096, gt=0, description="most answers the memory answer cache holds (LRU)")
+
     capture_policy: Path | None = Field(
         None, description="YAML of per-model capture policies (what traffic is kept for labelling); unset: capture off"
     )
     capture_dir: Path = Field(Path("var/captures"), description="where captured images are kept (0600, by sha256)")
+
+    shutdown_drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM, time /health answers 503 (draining) while requests are still served, "
+        "so a balancer stops sending new ones first; 0: stop at once",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, most time in-flight requests get to finish after the drain"
+    )
 
     @field_validator("capture_policy")
     @classmethod
@@ -95,6 +113,13 @@ class Settings(BaseSettings):
 
         load_policies(value)
         return value
+
+    @field_validator("answer_cache")
+    @classmethod
+    def _answer_cache(cls, value: str) -> str:
+        from gateway.answer_cache import check_location
+
+        return check_location(value)
 
     @field_validator("drift_target_ert_by_model")
     @classmethod

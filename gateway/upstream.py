@@ -124,6 +124,13 @@ class Upstream:
     async def model_names(self) -> list[str]:
         return await self.api.model_names()
 
+    async def default_version(self, model: str) -> str | None:
+        """The version TorchServe answers ``model``'s unpinned requests with now; None for no such model.
+
+        One management API call each time, nothing remembered: the answer cache asks it per lookup.
+        """
+        return await self.api.default_version(model)
+
     async def require_known(self, model: str) -> None:
         """A 404 that names the served models when ``model`` is not one of them."""
         known = await self.model_names()

@@ -6,11 +6,14 @@ What tests share besides fixtures is in tests/helpers.py.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
+from gateway.state import RedisStore, StateError
 from operations.stack import Stack, free_port, running, start_gateway, stop_service, wait_until
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, GroundTruth, TestStack, answers, load_ground_truth, package
 
@@ -69,6 +72,36 @@ def extra_gateway(stack, tmp_path):
     yield start
     for instance in started:
         stop_service(instance, "gateway")
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port, nothing persisted."""
+    if not shutil.which(REDIS_SERVER):
+        pytest.fail("redis-server is missing: `make test` installs it (scripts/ensure_packages.sh)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        try:
+            RedisStore(url).close()
+            return True
+        except StateError:
+            return False
+
+    wait_until(answers, "redis-server", 30, server.pid)
+    yield url
+    server.terminate()
+    server.wait(10)
 
 
 @pytest.fixture(scope="module")

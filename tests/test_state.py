@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,37 +18,9 @@ from gateway.settings import Settings
 from gateway.state import RedisStore, SQLiteStore, StateError, canary_key, history_log, open_store
 from operations.archives import DeployError
 from operations.history import print_history, read_canary, read_history, record, write_canary
-from operations.stack import Stack, free_port, wait_until
+from operations.stack import Stack, free_port
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 ADMIN_KEY = "operator-secret"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A real redis-server on a free port, nothing persisted."""
-    if not shutil.which(REDIS_SERVER):
-        pytest.fail("redis-server is missing: `make test` installs it (scripts/ensure_packages.sh)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def answers() -> bool:
-        try:
-            RedisStore(url).close()
-            return True
-        except StateError:
-            return False
-
-    wait_until(answers, "redis-server", 30, server.pid)
-    yield url
-    server.terminate()
-    server.wait(10)
 
 
 def exercise(store) -> None:

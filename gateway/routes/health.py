@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(request: Request) -> JSONResponse:
-    """Readiness: TorchServe answers and the default model's default version has a READY worker.
+    """Readiness: not draining, TorchServe answers and the default model's default version has a READY worker.
 
     Every other model's READY workers are reported too, but do not decide readiness: one model
     that is down must not take the gateway, and with it every other model, out of service.
@@ -27,6 +27,9 @@ async def health(request: Request) -> JSONResponse:
     model = settings.default_model
     unavailable = {"status": "unavailable", "model": model}
     retry = {"Retry-After": str(settings.retry_after_s)}
+    if request.app.state.lifecycle.draining:
+        reason = "the gateway is shutting down (SIGTERM): it finishes what it has, send new requests elsewhere"
+        return JSONResponse({"status": "draining", "model": model, "reason": reason}, status_code=503, headers=retry)
     try:
         names = await upstream.model_names()
         if model not in names:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway.annotate import annotate
+from gateway.answer_cache import AnswerCache, Entry, Lookup
 from gateway.deps import (
+    get_answer_cache,
     get_canaries,
     get_capturer,
     get_drift,
@@ -117,15 +119,44 @@ class PredictParams(InferenceParams):
     format: Literal["json", "image"] = Field("json", description="json, or image for an annotated JPEG")
 
 
-async def predict_one(request: Request, model: str, data: bytes, params: InferenceParams) -> tuple[int, dict]:
-    """Forward one image to ``model`` (the pinned version, else its canary's share or its default).
+class Answer(NamedTuple):
+    status: int
+    body: dict
+    cache: str | None  # X-Answer-Cache: hit or miss; None when the cache is off
 
-    Returns the status and body to answer with.
-    """
-    metrics = get_metrics(request)
-    metrics.upload_bytes.observe(len(data))
+
+async def predict_one(request: Request, model: str, data: bytes, params: InferenceParams) -> Answer:
+    """Answer one image with ``model`` (the pinned version, else its canary's share or its default):
+    from the answer cache when it holds this exact request, else from TorchServe."""
+    get_metrics(request).upload_bytes.observe(len(data))
     started = time.perf_counter()
     version = params.version or get_canaries(request).pick(model)
+    cache = get_answer_cache(request)
+    if cache is None:
+        return Answer(*await ask_torchserve(request, model, data, params, version, started), None)
+    lookup = await cache.find(model, version, data, params.upstream_headers(), get_upstream(request).default_version)
+    if lookup.entry is not None:
+        status, body = 200, await cached_answer(request, lookup.entry, params, started)
+    else:
+        status, body = await ask_torchserve(request, model, data, params, version, started, cache, lookup)
+    if (body.get("error") or {}).get("code") != UNKNOWN_MODEL:
+        cache.count(lookup)
+    return Answer(status, body, lookup.header)
+
+
+async def ask_torchserve(
+    request: Request,
+    model: str,
+    data: bytes,
+    params: InferenceParams,
+    version: str | None,
+    started: float,
+    cache: AnswerCache | None = None,
+    lookup: Lookup | None = None,
+) -> tuple[int, dict]:
+    """Forward one image to TorchServe; a success feeds the drift watch and the capture, and is kept in
+    the answer cache when there is one. Returns the status and body to answer with."""
+    metrics = get_metrics(request)
     try:
         result = await get_upstream(request).predict(model, data, version, params.upstream_headers())
     except APIError as exc:
@@ -136,6 +167,8 @@ async def predict_one(request: Request, model: str, data: bytes, params: Inferen
     if result.status == 200 and body.get("status") == "success":
         metrics.record_prediction(body, result.upstream_ms / 1000)
         signals = body.pop("signals", None)
+        if cache is not None:
+            await cache.keep(lookup, body["model"]["version"], Entry(body, signals, result.upstream_ms))
         if signals is not None:
             await watch_drift(request, body["model"], signals)
         await capture(request, data, params, body, signals)
@@ -150,6 +183,23 @@ async def predict_one(request: Request, model: str, data: bytes, params: Inferen
         code = (body.get("error") or {}).get("code") or f"http_{result.status}"
         metrics.prediction_errors.labels(model, version or "default", code).inc()
     return result.status, body
+
+
+async def cached_answer(request: Request, entry: Entry, params: InferenceParams, started: float) -> dict:
+    """The stored answer as this request's: its drift signals feed the watch as a miss's would (the drift
+    watch sees the traffic as it is, repeats included); no capture (an exact duplicate of a kept answer's
+    request); no TorchServe stage ran, so every stage's time is 0 and the total is this request's own."""
+    body = entry.body  # parsed from the stored text for this request: ours to change
+    if entry.signals is not None:
+        await watch_drift(request, body["model"], entry.signals)
+        if params.signals:
+            body["signals"] = entry.signals
+    body["timing_ms"] = {
+        **{stage: 0.0 for stage in body.get("timing_ms", {})},
+        "upstream": 0.0,
+        "total": round((time.perf_counter() - started) * 1000, 2),
+    }
+    return body
 
 
 async def watch_drift(request: Request, answered: dict, signals: dict) -> None:
@@ -226,29 +276,34 @@ async def _predict(request: Request, model: str, params: PredictParams) -> Respo
     settings = get_settings(request)
     (upload,) = await _read(request, "file", max_files=1)
     with get_pending(request).hold():
-        status, body = await predict_one(request, model, upload.data, params)
+        status, body, cached = await predict_one(request, model, upload.data, params)
+    cache_header = {"X-Answer-Cache": cached} if cached else {}
     if status != 200:
-        return JSONResponse(body, status_code=status, headers=_retry_after(status, settings.retry_after_s))
-    headers = {"X-Model-Version": body["model"]["version"]}
+        headers = {**_retry_after(status, settings.retry_after_s), **cache_header}
+        return JSONResponse(body, status_code=status, headers=headers)
+    headers = {"X-Model-Version": body["model"]["version"], **cache_header}
     if params.format == "image":
         return Response(annotate(upload.data, body), media_type="image/jpeg", headers=headers)
     return JSONResponse(body, headers=headers)
 
 
 async def _predict_batch(request: Request, model: str, params: InferenceParams) -> JSONResponse:
-    """Every image is sent to TorchServe at once, so its batching can group them."""
+    """Every image is sent to TorchServe at once, so its batching can group them; each is looked up in the
+    answer cache on its own (``X-Answer-Cache`` lists hit or miss per image, in request order)."""
     uploads = await _read(request, "files", get_settings(request).max_batch_files)
     spend_tokens(request, len(uploads) - 1)  # one token an image: the request itself took the first
     with get_pending(request).hold():
         answers = await asyncio.gather(*(predict_one(request, model, upload.data, params) for upload in uploads))
-    unknown = next((body for status, body in answers if body.get("error", {}).get("code") == UNKNOWN_MODEL), None)
+    unknown = next((a.body for a in answers if a.body.get("error", {}).get("code") == UNKNOWN_MODEL), None)
     if unknown is not None:
         return JSONResponse(unknown, status_code=404)
     results = [
-        _batch_item(i, upload, status, body)
-        for i, (upload, (status, body)) in enumerate(zip(uploads, answers, strict=True))
+        _batch_item(i, upload, answer.status, answer.body)
+        for i, (upload, answer) in enumerate(zip(uploads, answers, strict=True))
     ]
-    return JSONResponse({"status": "success", "results": results})
+    cached = [answer.cache for answer in answers if answer.cache]
+    headers = {"X-Answer-Cache": ", ".join(cached)} if cached else {}
+    return JSONResponse({"status": "success", "results": results}, headers=headers)
 
 
 def _batch_item(index: int, upload: UploadedFile, status: int, body: dict) -> dict:
