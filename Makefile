@@ -37,7 +37,7 @@ ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
 .PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak drift-bench
-.PHONY: retrain ct-demo mlflow-ui capture-bench cache-bench
+.PHONY: retrain ct-demo mlflow-ui capture-bench cache-bench swarm-up swarm-down swarm-test
 
 # VERSION only when the operator set it (the default above is for `make up`)
 GIVEN_VERSION = $(if $(filter-out file default undefined,$(origin VERSION)),$(VERSION))
@@ -170,3 +170,14 @@ compose-down: ## Stop the containerised stack (keeps Prometheus/Grafana data)
 
 compose-test: venv ## Build the images, start the Compose stack on a real Docker engine, exercise it, tear it down
 	bash scripts/compose_test.sh
+
+# Replicas on Docker Swarm (docker/swarm/stack.yml): REPLICAS, CPUS (per replica), TLS_PEM (certificate + key;
+# default a self-signed one for localhost), SWARM_HTTP_PORT/SWARM_HTTPS_PORT (8000/8443)
+swarm-up: archive ## Deploy REPLICAS replicas (gateway + TorchServe) behind HAProxy (TLS) with Redis on Docker Swarm
+	$(PY) -m scripts.swarm up --replicas $(or $(REPLICAS),2) --cpus $(or $(CPUS),0.5) $(if $(GIVEN_VERSION),--version $(GIVEN_VERSION))
+
+swarm-down: venv ## Remove the Swarm stack (and leave the swarm if swarm-up created it)
+	$(PY) -m scripts.swarm down
+
+swarm-test: venv ## Build, deploy, measure (throughput, spread, updates, rollbacks, a kill, TLS) and tear down; table into REPORT.md
+	$(PY) -m scripts.swarm test

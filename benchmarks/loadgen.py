@@ -25,6 +25,7 @@ class Answer:
     done: float
     status: int
     version: str | None
+    served_by: str | None = None  # the balancer's X-Served-By, where one sits in front
 
 
 class Load:
@@ -61,9 +62,10 @@ class Load:
                     version = response.json()["model"]["version"] if status == 200 else None
                     if status == 200 and response.headers["X-Model-Version"] != version:
                         status = -1  # a contract break counts as a failure
+                    served_by = response.headers.get("X-Served-By")
                 except httpx.HTTPError:
-                    status, version = 0, None
-                self.answers.append(Answer(sent, time.monotonic(), status, version))
+                    status, version, served_by = 0, None, None
+                self.answers.append(Answer(sent, time.monotonic(), status, version, served_by))
 
     def wait_for(self, count: int, after: float = 0.0) -> None:
         """Until ``count`` more requests, sent after ``after``, have been answered."""

@@ -30,7 +30,17 @@ import yaml
 from benchmarks.drift_bench import REFERENCE_IMAGES, REFERENCE_SEED, ensure_images
 from benchmarks.hostile import png_bomb, slow_upload_head, trickle
 from benchmarks.loadgen import Load
-from containers.engine import ROOT, Engine, SetupError, compose_command, ensure_base_images, pulled, quiet, run
+from containers.engine import (
+    ROOT,
+    Engine,
+    SetupError,
+    compose_command,
+    ensure_base_images,
+    pulled,
+    quiet,
+    run,
+    torch_index_url,
+)
 from operations.archives import DeployError
 from operations.releases import deploy, load_version, rollback
 from operations.stack import Stack, free_port, wait_until
@@ -43,7 +53,6 @@ GRAFANA_IMAGE = "grafana/grafana:11.3.1"
 DASHBOARDS = ROOT / "monitoring" / "grafana" / "dashboards"
 SAMPLES = ROOT / "samples"
 TS_HOME = "/home/model-server"
-DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 # Grafana variables in the dashboard's queries: $__rate_interval is at least four scrape
 # intervals (15 s) in Grafana; $__range is the dashboard's time range.
 GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__range": "1h", "$model": ".*"}  # the model selector on All
@@ -132,12 +141,9 @@ class Run:
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
         }
         self.env = env
-        if "TORCH_INDEX_URL" not in os.environ:
-            try:
-                httpx.head(DEFAULT_TORCH_INDEX + "/", timeout=10)
-            except httpx.HTTPError:
-                env["TORCH_INDEX_URL"] = ""
-                print(f"{DEFAULT_TORCH_INDEX} unreachable: building with PyPI's torch wheel (TORCH_INDEX_URL=)")
+        index = torch_index_url()
+        if index is not None:
+            env["TORCH_INDEX_URL"] = index
         return env
 
     def build(self, compose: Compose) -> None:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_BASE = "python:3.11.11-slim-bookworm"  # the FROM line of both Dockerfiles
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"  # docker-compose.yml's default
@@ -28,6 +30,7 @@ DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the official images add to a minimal Debian; Python comes in docker/local/python.Dockerfile.
 DEBIAN_PACKAGES = "ca-certificates,netbase,tzdata"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # serving/Dockerfile's TORCH_INDEX_URL
 DEBIAN_SOURCES = """Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm bookworm-updates
@@ -68,10 +71,11 @@ def apt_install(*packages: str) -> None:
 
 
 class Engine:
-    """The Docker engine for the ``with`` block; stopped afterwards only if started here."""
+    """The Docker engine for the ``with`` block; stopped afterwards only if started here (and not ``keep``)."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, keep: bool = False):
         self.log = log_dir / "dockerd.log"
+        self.keep = keep
         self.started: subprocess.Popen | None = None
 
     def __enter__(self) -> Engine:
@@ -99,7 +103,7 @@ class Engine:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.started is None or self.started.poll() is not None:
+        if self.started is None or self.started.poll() is not None or self.keep:
             return
         print("docker engine: stopping the dockerd started here", flush=True)
         self.started.send_signal(signal.SIGTERM)
@@ -218,3 +222,19 @@ def ensure_base_images() -> dict[str, str]:
         build_local("docker/local/prometheus.Dockerfile", LOCAL_PROMETHEUS)
     print(f"prometheus: {LOCAL_PROMETHEUS} (Debian's prometheus package) in place of {PROMETHEUS_IMAGE}")
     return {"PROMETHEUS_IMAGE": LOCAL_PROMETHEUS}
+
+
+def torch_index_url() -> str | None:
+    """The TorchServe image's TORCH_INDEX_URL: None keeps the Dockerfile's (CPU wheels), "" takes PyPI's.
+
+    The operator's TORCH_INDEX_URL wins; where the CPU index is unreachable, PyPI's torch wheel (a
+    CUDA build) is used instead, as the same build on either machine must work.
+    """
+    if "TORCH_INDEX_URL" in os.environ:
+        return os.environ["TORCH_INDEX_URL"]
+    try:
+        httpx.head(DEFAULT_TORCH_INDEX + "/", timeout=10)
+    except httpx.HTTPError:
+        print(f"{DEFAULT_TORCH_INDEX} unreachable: building with PyPI's torch wheel (TORCH_INDEX_URL=)")
+        return ""
+    return None

@@ -30,6 +30,7 @@ MONITORING = ROOT / "monitoring"
 K8S = ROOT / "k8s"
 KSERVE = K8S / "kserve"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
+SWARM = ROOT / "docker" / "swarm"
 DOCKERFILES = [ROOT / "serving" / "Dockerfile", ROOT / "gateway" / "Dockerfile", KSERVE / "Dockerfile"]
 TS_METRICS_YAML = Path(importlib.util.find_spec("ts").origin).parent / "configs" / "metrics.yaml"
 
@@ -221,7 +222,7 @@ def test_container_ts_config_matches_local_config():
 
 
 def test_yamllint():
-    targets = [COMPOSE, MONITORING, K8S, ROOT / ".yamllint.yaml"]
+    targets = [COMPOSE, MONITORING, K8S, SWARM / "stack.yml", ROOT / ".yamllint.yaml"]
     result = run(sys.executable, "-m", "yamllint", "--strict", "-c", ROOT / ".yamllint.yaml", *targets)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -628,6 +629,122 @@ def test_kserve_inferenceservice():
     assert all(re.fullmatch(r"yolo_v[\d.]+\.mar", v["marName"]) for v in versions.values())
 
 
+# KServe deployment modes and autoscalers, as of KServe v0.15 (pkg/constants/constants.go and the
+# webhook in pkg/apis/serving/v1beta1/inference_service_validation.go); v0.16+ renames the modes
+# Knative and Standard and still accepts the old names.
+KSERVE_MODE = "serving.kserve.io/deploymentMode"
+KSERVE_AUTOSCALER = "serving.kserve.io/autoscalerClass"  # read in RawDeployment only
+KNATIVE_CLASS = "autoscaling.knative.dev/class"  # read in Serverless only
+SERVERLESS_MODES = {"Serverless", "Knative"}
+RAW_MODES = {"RawDeployment", "Standard"}
+RAW_AUTOSCALERS = {"hpa", "keda", "external", "none"}  # "none" from v0.16
+HPA_METRICS = {"cpu", "memory"}  # KServe's AutoscalerAllowedHPAMetricsList
+KPA_METRICS = {"concurrency", "rps"}  # KServe's AutoscalerAllowedKPAMetricsList
+
+
+def kserve_problems(isvc: dict) -> list[str]:
+    """Deployment-mode/autoscaler combinations KServe rejects or silently ignores.
+
+    Serverless (the default this checks for when no deploymentMode annotation is given; the
+    cluster's inferenceservice-config sets it, "Serverless" as shipped) scales with Knative's KPA
+    on concurrency or rps; CPU or memory needs Knative's HPA class. RawDeployment scales with a
+    Kubernetes HPA on cpu or memory, or with KEDA (metrics under autoScaling, no scaleMetric), or
+    with an external autoscaler; canary traffic splitting needs Knative revisions.
+    """
+    annotations = isvc.get("metadata", {}).get("annotations") or {}
+    mode = annotations.get(KSERVE_MODE, "Serverless")
+    problems = []
+    if mode not in SERVERLESS_MODES | RAW_MODES:
+        return [f"deploymentMode {mode!r} is neither Serverless nor RawDeployment"]
+    raw = mode in RAW_MODES
+    autoscaler = annotations.get(KSERVE_AUTOSCALER, "hpa")
+    knative_hpa = annotations.get(KNATIVE_CLASS, "kpa.autoscaling.knative.dev") == "hpa.autoscaling.knative.dev"
+    if raw and autoscaler not in RAW_AUTOSCALERS:
+        problems.append(f"{KSERVE_AUTOSCALER} {autoscaler!r} is not one of {sorted(RAW_AUTOSCALERS)}")
+    if not raw and KSERVE_AUTOSCALER in annotations:
+        problems.append(f"{KSERVE_AUTOSCALER} is ignored in {mode} mode (Knative uses {KNATIVE_CLASS})")
+    for name, component in isvc.get("spec", {}).items():
+        if not isinstance(component, dict):
+            continue
+        metric = component.get("scaleMetric")
+        if raw and "canaryTrafficPercent" in component:
+            problems.append(f"{name}: canaryTrafficPercent needs Serverless mode (Knative revisions), not {mode}")
+        if raw and autoscaler == "hpa" and (metric or "cpu") not in HPA_METRICS:
+            problems.append(f"{name}: scaleMetric {metric!r} needs Knative's KPA; the HPA of {mode} takes cpu/memory")
+        if raw and autoscaler == "keda" and metric is not None:
+            problems.append(f"{name}: KEDA takes its metrics from autoScaling.metrics, not scaleMetric {metric!r}")
+        if not raw and not knative_hpa and (metric or "concurrency") not in KPA_METRICS:
+            problems.append(f"{name}: scaleMetric {metric!r} in {mode} mode: Knative's KPA scales on concurrency/rps")
+        if not raw and knative_hpa and (metric or "cpu") not in HPA_METRICS:
+            problems.append(f"{name}: scaleMetric {metric!r} with Knative's HPA class: cpu/memory only")
+    return problems
+
+
+def test_kserve_autoscaling_matches_deployment_mode():
+    (isvc,) = load_yaml_docs(KSERVE / "inferenceservice.yaml")
+    # The mode is stated, not left to the cluster's default.
+    assert isvc["metadata"]["annotations"][KSERVE_MODE] in SERVERLESS_MODES | RAW_MODES
+    assert kserve_problems(isvc) == []
+    predictor = isvc["spec"]["predictor"]
+    if predictor.get("scaleMetric") == "concurrency":
+        # The target is one pod's in-service capacity: TorchServe workers x batch size.
+        (versions,) = json.loads(read_properties(KSERVE / "config.properties")["model_snapshot"])["models"].values()
+        (model,) = versions.values()
+        assert model["minWorkers"] == model["maxWorkers"]
+        assert predictor["scaleTarget"] == model["maxWorkers"] * model["batchSize"]
+
+
+def isvc_of(annotations: dict[str, str], **predictor) -> dict:
+    return {"metadata": {"name": "t", "annotations": annotations}, "spec": {"predictor": {"model": {}, **predictor}}}
+
+
+RAW = {KSERVE_MODE: "RawDeployment"}
+SERVERLESS = {KSERVE_MODE: "Serverless"}
+
+
+@pytest.mark.parametrize(
+    ("isvc", "expected"),
+    [
+        pytest.param(isvc_of({}, scaleMetric="cpu", scaleTarget=70), "KPA", id="old-manifest-default-mode-cpu"),
+        pytest.param(isvc_of(SERVERLESS, scaleMetric="cpu"), "KPA", id="serverless-cpu"),
+        pytest.param(isvc_of(SERVERLESS, scaleMetric="memory"), "KPA", id="serverless-memory"),
+        pytest.param(isvc_of({KSERVE_MODE: "Knative"}, scaleMetric="cpu"), "KPA", id="knative-cpu"),
+        pytest.param(
+            isvc_of({**SERVERLESS, KSERVE_AUTOSCALER: "hpa"}, scaleMetric="cpu"), "ignored", id="serverless-kserve-hpa"
+        ),
+        pytest.param(isvc_of(RAW, canaryTrafficPercent=10), "canaryTrafficPercent", id="raw-canary"),
+        pytest.param(isvc_of({KSERVE_MODE: "Standard"}, canaryTrafficPercent=10), "canary", id="standard-canary"),
+        pytest.param(isvc_of(RAW, scaleMetric="concurrency"), "KPA", id="raw-concurrency"),
+        pytest.param(isvc_of({**RAW, KSERVE_AUTOSCALER: "hpa"}, scaleMetric="rps"), "KPA", id="raw-hpa-rps"),
+        pytest.param(
+            isvc_of({**RAW, KSERVE_AUTOSCALER: "keda"}, scaleMetric="concurrency"), "KEDA", id="raw-keda-metric"
+        ),
+        pytest.param(isvc_of({**RAW, KSERVE_AUTOSCALER: "kpa"}), "not one of", id="raw-kpa-class"),
+        pytest.param(isvc_of({KSERVE_MODE: "Serverles"}), "neither", id="misspelt-mode"),
+    ],
+)
+def test_kserve_problems_flags_mismatches(isvc, expected):
+    problems = kserve_problems(isvc)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "isvc",
+    [
+        pytest.param(isvc_of(SERVERLESS, scaleMetric="concurrency", canaryTrafficPercent=10), id="serverless-canary"),
+        pytest.param(isvc_of({}, scaleMetric="rps"), id="default-mode-rps"),
+        pytest.param(
+            isvc_of({KNATIVE_CLASS: "hpa.autoscaling.knative.dev"}, scaleMetric="cpu"), id="serverless-knative-hpa-cpu"
+        ),
+        pytest.param(isvc_of(RAW, scaleMetric="cpu", scaleTarget=70), id="raw-hpa-cpu"),
+        pytest.param(isvc_of({**RAW, KSERVE_AUTOSCALER: "keda"}), id="raw-keda"),
+        pytest.param(isvc_of({**RAW, KSERVE_AUTOSCALER: "external"}, scaleMetric="concurrency"), id="raw-external"),
+    ],
+)
+def test_kserve_problems_accepts_matching_combinations(isvc):
+    assert kserve_problems(isvc) == []
+
+
 PER_MODEL = {  # series that carry the model's name, and the label it is under
     "gateway_predictions_total": "model",
     "gateway_upstream_duration_seconds_bucket": "model",
@@ -647,3 +764,67 @@ def test_dashboard_chooses_the_model():
     for expr in expressions(dashboard["panels"]):
         for name in promql_metric_names(expr) & set(PER_MODEL):
             assert re.search(rf'{name}\{{[^}}]*{PER_MODEL[name]}=~"\$model"', expr), expr
+
+
+# --------------------------------------------------------------------------- Docker Swarm (run for real by
+# tests/test_swarm_stack.py; these are the invariants a careless edit would break without failing that run at once)
+
+
+@cache
+def swarm_stack() -> dict:
+    return yaml.safe_load((SWARM / "stack.yml").read_text())
+
+
+@pytest.mark.parametrize("dockerfile", sorted(SWARM.glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_swarm_hadolint(dockerfile):
+    result = run(BIN / "hadolint", "--no-color", dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_swarm_services_use_dns_round_robin_and_host_ports():
+    # No IPVS on this kernel kind: a virtual IP or the routing mesh would never balance.
+    services = swarm_stack()["services"]
+    assert set(services) == {"replica", "balancer", "redis"}
+    for name, service in services.items():
+        assert service["deploy"]["endpoint_mode"] == "dnsrr", name
+        for port in service.get("ports", []):
+            assert isinstance(port, dict) and port["mode"] == "host", f"{name} publishes {port} through the mesh"
+    assert not services["replica"].get("ports") and not services["redis"].get("ports"), "only the balancer is published"
+    assert "tasks.replica" in services["balancer"]["environment"]["REPLICA_TASKS"]
+
+
+def test_swarm_updates_roll_one_at_a_time_start_first_and_roll_back():
+    replica = swarm_stack()["services"]["replica"]
+    update, back = replica["deploy"]["update_config"], replica["deploy"]["rollback_config"]
+    assert update["parallelism"] == 1 and update["order"] == "start-first"  # ≈ maxSurge 1, maxUnavailable 0
+    assert update["failure_action"] == "rollback" and update["max_failure_ratio"] == 0 and update["monitor"]
+    assert back["parallelism"] == 1 and back["order"] == "start-first"
+    assert "/health" in " ".join(replica["healthcheck"]["test"]), "healthy = ready to predict"
+    assert "MODEL_VERSION" in replica["environment"], "the version is part of the spec"
+    assert replica["environment"]["GATEWAY_STATE_STORE"].startswith("redis://redis:"), "replicas share one store"
+
+
+def test_swarm_replica_drains_within_its_stop_grace_period():
+    replica = swarm_stack()["services"]["replica"]
+    env = replica["environment"]
+    drain, finish = float(env["GATEWAY_SHUTDOWN_DRAIN_S"]), float(env["GATEWAY_SHUTDOWN_TIMEOUT_S"])
+    grace = float(replica["stop_grace_period"].removesuffix("s"))
+    assert drain >= 2, "HAProxy checks every second and marks a replica down after one failed check"
+    assert drain + finish < grace, "Docker would SIGKILL the replica before its in-flight requests finish"
+    config = (SWARM / "haproxy.cfg").read_text()
+    assert re.search(r"default-server check inter 1s fall 1", config)
+    assert "on-marked-down shutdown-sessions" not in config, "a draining replica's requests must finish"
+    entrypoint = (SWARM / "replica.Dockerfile").read_text()
+    assert '"tini", "--",' in entrypoint and "-g" not in entrypoint.split("ENTRYPOINT")[1], (
+        "SIGTERM must reach the entrypoint alone, which stops TorchServe only after the gateway has drained"
+    )
+
+
+def test_swarm_balancer_terminates_tls_with_the_operators_certificate():
+    balancer = swarm_stack()["services"]["balancer"]
+    assert balancer["secrets"] == [{"source": "tls_pem", "target": "tls.pem", "mode": 0o400}]
+    assert swarm_stack()["secrets"]["tls_pem"]["file"].startswith("${TLS_PEM:?")
+    config = (SWARM / "haproxy.cfg").read_text()
+    assert "ssl crt /run/secrets/tls.pem" in config and "option forwardfor" in config
+    assert "balance leastconn" in config and "option httpchk GET /health" in config
+    assert re.search(r"^\s+user haproxy$", config, re.M), "HAProxy drops root once it has read the key"
