@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import random
 import shutil
@@ -29,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.capture_bench import percentile, rotating, second_gateway
 from models.generate_dataset import sample
-from operations.stack import Stack, free_port, running, start_gateway, stop_service, wait_until
+from operations.stack import Stack, free_port, running, stop_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED, WARM_UP_SEED = 9011, 9012  # no reference, test or other bench renders these
@@ -78,39 +78,16 @@ def _redis_answers(port: int) -> bool:
 
 def cached_gateway(stack: Stack, run_dir: Path, cache: str) -> Stack:
     env = {"GATEWAY_TS_KEY_FILE": str(stack.key_file), "GATEWAY_ANSWER_CACHE": cache}
-    other = dataclasses.replace(stack, run_dir=run_dir, gateway_port=free_port(), gateway_env=env)
-    run_dir.mkdir(parents=True)
-    pid = start_gateway(other)
-    wait_until(lambda: _answers(f"{other.gateway_url}/health/live"), f"gateway with cache {cache}", 30, pid)
-    return other
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+    return second_gateway(stack, run_dir, env, f"gateway with cache {cache}")
 
 
 def measure(gateways: dict[str, Stack], warm_up: list[bytes], images: list[bytes]) -> dict[str, list[tuple]]:
     """Every image to every gateway, who goes first rotating; (latency ms, hit) per request by gateway."""
     seen: dict[str, list[tuple]] = {name: [] for name in gateways}
-    order = list(gateways.items())
     with httpx.Client(timeout=60) as client:
-        for n, data in enumerate(warm_up + images):
-            turn = n % len(order)
-            for name, gateway in order[turn:] + order[:turn]:
-                started = time.perf_counter()
-                response = client.post(f"{gateway.gateway_url}/predict", files={"file": ("p.jpg", data, "image/jpeg")})
-                elapsed = (time.perf_counter() - started) * 1000
-                assert response.status_code == 200, response.text
-                if n >= len(warm_up):
-                    seen[name].append((elapsed, response.headers.get("X-Answer-Cache") == "hit"))
+        for n, name, elapsed, response in rotating(client, gateways, warm_up + images):
+            if n >= len(warm_up):
+                seen[name].append((elapsed, response.headers.get("X-Answer-Cache") == "hit"))
     return seen
 
 

@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,11 +38,12 @@ def package(store: Path) -> None:
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
 
 
-def second_gateway(stack: Stack, run_dir: Path, env: dict[str, str]) -> Stack:
+def second_gateway(stack: Stack, run_dir: Path, env: dict[str, str], what: str = "capturing gateway") -> Stack:
+    """Another gateway in front of ``stack``'s TorchServe, with ``env`` on top of its settings."""
     other = dataclasses.replace(stack, run_dir=run_dir, gateway_port=free_port(), gateway_env=env)
     run_dir.mkdir(parents=True)
     pid = start_gateway(other)
-    wait_until(lambda: _answers(f"{other.gateway_url}/health/live"), "capturing gateway", 30, pid)
+    wait_until(lambda: _answers(f"{other.gateway_url}/health/live"), what, 30, pid)
     return other
 
 
@@ -54,28 +56,34 @@ def _answers(url: str) -> bool:
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def rotating(client: httpx.Client, gateways: dict[str, Stack], images: list[bytes]) -> Iterator[tuple]:
+    """Each image to every gateway, who goes first rotating: (image index, gateway name, latency ms, answer)."""
+    order = list(gateways.items())
+    for n, data in enumerate(images):
+        turn = n % len(order)
+        for name, gateway in order[turn:] + order[:turn]:
+            started = time.perf_counter()
+            response = client.post(f"{gateway.gateway_url}/predict", files={"file": ("p.jpg", data, "image/jpeg")})
+            elapsed = (time.perf_counter() - started) * 1000
+            assert response.status_code == 200, response.text
+            yield n, name, elapsed, response
 
 
 def measure(gateways: dict[str, Stack], images: list[bytes]) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Each image to every gateway, who goes first rotating; (latencies in ms by gateway, captures stored)."""
     times: dict[str, list[float]] = {name: [] for name in gateways}
-    order = list(gateways.items())
     with httpx.Client(timeout=60) as client:
-        for n, data in enumerate(images[:20] + images):
-            turn = n % len(order)
-            for name, gateway in order[turn:] + order[:turn]:
-                started = time.perf_counter()
-                response = client.post(f"{gateway.gateway_url}/predict", files={"file": ("p.jpg", data, "image/jpeg")})
-                elapsed = (time.perf_counter() - started) * 1000
-                assert response.status_code == 200, response.text
-                if n >= 20:  # the first 20 warm every gateway up
-                    times[name].append(elapsed)
+        for n, name, elapsed, _ in rotating(client, gateways, images[:20] + images):
+            if n >= 20:  # the first 20 warm every gateway up
+                times[name].append(elapsed)
         time.sleep(2)
         stored = {
             name: client.get(f"{gateway.gateway_url}/models/yolo/captures", params={"limit": 1},
                              headers={"X-Admin-Key": "bench"}).json()["total"]
-            for name, gateway in order if name != "off"
+            for name, gateway in gateways.items() if name != "off"
         }  # fmt: skip
     return times, stored
 
