@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from containers.engine import ROOT, Engine, SetupError
+from containers.engine import ROOT, Engine, SetupError, run
 from containers.swarm import Stack, build_images, join_or_init, leave, self_signed, swarm_state
 
 STATE = ROOT / "var" / "swarm"
@@ -40,16 +40,23 @@ def up(args: argparse.Namespace) -> int:
     archive = STORE / f"yolo_v{version}.mar"
     if not archive.is_file():
         sys.exit(f"error: {archive} is missing: package it (make package VERSION={version}) or say --version")
+    deployed = NAME in run("docker", "stack", "ls", "--format", "{{.Name}}", capture_output=True, check=False).stdout
     for port in (args.port, args.tls_port):
-        if not port_free(port):
+        if not deployed and not port_free(port):
             sys.exit(f"error: port {port} is taken (make down stops the local stack); choose --port/--tls-port")
     STATE.mkdir(parents=True, exist_ok=True)
     pem = Path(args.tls_pem) if args.tls_pem else None
-    if pem is None:
+    if pem is None and (STATE / "tls" / "tls.pem").is_file():
+        pem = STATE / "tls" / "tls.pem"  # the one made before: a Docker secret cannot change under a running stack
+    elif pem is None:
         pem, cert = self_signed(STATE / "tls")
         print(f"TLS: no TLS_PEM given, made a self-signed certificate for localhost: {cert}")
     elif not pem.is_file():
         sys.exit(f"error: TLS_PEM {pem} is not a file (a PEM with the certificate and its key)")
+    for part in ("x509", "pkey"):  # HAProxy would refuse to start on it, and the stack would never be ready
+        if run("openssl", part, "-noout", "-in", str(pem), capture_output=True, check=False).returncode != 0:
+            sys.exit(f"error: TLS_PEM {pem} holds no {'certificate' if part == 'x509' else 'private key'}: "
+                     "HAProxy needs both in one PEM file (cat cert.pem key.pem > tls.pem)")  # fmt: skip
     env = {
         "MODEL_STORE": str(STORE),
         "TLS_PEM": str(pem.resolve()),
@@ -67,7 +74,8 @@ def up(args: argparse.Namespace) -> int:
         stack.deploy()
         took = stack.wait_ready(args.replicas, 900)
         print(f"{args.replicas} replicas of yolo v{version} ready in {took:.0f} s: {stack.http}, {stack.https}")
-        print(f"update:   docker service update --env-add MODEL_VERSION=2.0 {NAME}_replica")
+        print("update:   make package VERSION=2.0 (the replicas mount serving/model-store), then")
+        print(f"          docker service update --env-add MODEL_VERSION=2.0 {NAME}_replica")
         print(f"rollback: docker service update --rollback {NAME}_replica")
     return 0
 
