@@ -59,10 +59,6 @@ class Row:
     met: bool
 
 
-class Failed(Exception):
-    """A target that was not met, with what was measured."""
-
-
 class SwarmCheck:
     def __init__(self, plan: Plan, tmp: Path):
         self.plan = plan

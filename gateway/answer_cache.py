@@ -189,7 +189,7 @@ class AnswerCache:
         ``version`` None is the default arm: ``default_version(model)`` asks TorchServe which version
         that is now, on every lookup, never remembered, so an answer of the previous default is never
         served after a deploy. It costs one management API round trip per unpinned lookup, hit or miss
-        (p50 1.6 ms with TorchServe on the same host, measured alone by ``make cache-bench``, whose hit
+        (p50 about 1.5 ms with TorchServe on the same host, measured alone by ``make cache-bench``, whose hit
         latencies include it); pinned and canary requests skip it. A model TorchServe does not know is
         not looked up.
         """

@@ -111,3 +111,23 @@ def metric_total(url: str, name: str) -> float:
 def handler_answers(handler, images: list[Path], headers: dict[str, str] | None = None) -> list[dict]:
     """One batch of image files through the handler's preprocess, inference and postprocess."""
     return answers_of(handler, [path.read_bytes() for path in images], headers)
+
+
+def run_container_proof(
+    command: list[str], passes: list[str], torn_down: str, label: str, timeout: float = 3600
+) -> None:
+    """Run a containers/ proof (Compose or Swarm) as `make test` does; every check passed, nothing left running.
+
+    ``passes`` are the lines the proof prints for checks that passed, ``torn_down`` the one it prints once
+    its stack is gone, ``label`` the Docker label of its containers. Where the proof stopped the engine it
+    started, no container can be left; else none with ``label`` may be.
+    """
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-20000:]
+    for line in passes:
+        assert line in output, output[-20000:]
+    assert torn_down in output
+    if "stopping the dockerd started here" not in output:  # the engine it used still runs: nothing may be left
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
+        assert left.returncode == 0 and left.stdout.strip() == "", f"containers left behind: {left.stdout}"

@@ -8,11 +8,9 @@ flight, and replaced). Where no Docker engine can be started it fails: it is nev
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from containers.swarm_check import ROOT
+from tests.helpers import run_container_proof
 
 pytestmark = pytest.mark.integration
 
@@ -26,21 +24,10 @@ TARGETS = (
 
 
 def test_swarm_replicas_update_roll_back_and_survive_a_kill_with_nothing_lost():
-    result = subprocess.run(
+    run_container_proof(
         [".venv/bin/python", "-m", "scripts.swarm", "test", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        [f"PASS {target}" for target in TARGETS],
+        "stack removed",
+        "com.docker.stack.namespace=yoloswarmtest",
         timeout=1800,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-20000:]
-    for target in TARGETS:
-        assert f"PASS {target}" in output, output[-20000:]
-    assert "stack removed" in output
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=com.docker.stack.namespace=yoloswarmtest"],
-        capture_output=True,
-        text=True,
-    )
-    assert left.stdout.strip() == "", f"containers left behind: {left.stdout}"
