@@ -53,6 +53,7 @@ HANDLER_MODULES = (
     "yolo_tasks.py",
     "yolo_runtime.py",
     "yolo_signals.py",
+    "yolo_files.py",
 )
 # Chosen by measurement (benchmarks/bench.py --sweep, see REPORT.md): OpenVINO is the fastest CPU backend here.
 DEFAULT_FORMAT = "openvino"

@@ -58,6 +58,18 @@ def signal_tier(signal: str) -> str:
 TASK_FIELDS = {"detect": (), "segment": ("polygons",), "pose": ("keypoints",), "obb": ("obb", "corners")}
 
 
+def items_key(task: str | None) -> str:
+    """Where an answer of ``task`` lists what it found: ``classifications`` for a classifier, else ``detections``."""
+    return "classifications" if task == "classify" else "detections"
+
+
+def answer_items(body: dict) -> list[dict]:
+    """What a successful answer found, best first: a classifier's classes, any other task's detections
+    ([] when it found nothing). An answer without ``task`` is read by the list it carries."""
+    task = body.get("task") or ("classify" if "classifications" in body else None)
+    return body.get(items_key(task)) or []
+
+
 def answer_problems(
     body: dict, version: str | None = None, width: int | None = None, height: int | None = None
 ) -> list[str]:
@@ -84,7 +96,7 @@ def answer_problems(
         return [*problems, f"image size {image!r} is not a positive width and height"]
     if width is not None and height is not None and image != {"width": width, "height": height}:
         problems.append(f"image size {image} instead of {width}x{height}")
-    key = "classifications" if task == "classify" else "detections"
+    key = items_key(task)
     items = body.get(key)
     if not isinstance(items, list) or (task == "classify" and not items):
         return [*problems, f"a {task!r} answer without a {key} list"]
