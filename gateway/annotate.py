@@ -13,6 +13,8 @@ import io
 import pillow_heif
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from serving.yolo_contract import answer_items, answer_task, locates
+
 pillow_heif.register_heif_opener()  # HEIC uploads are served (serving/yolo_image.py), so they are drawn too
 
 # Ultralytics' skeleton for the 17 COCO keypoints (1-based pairs); other keypoint sets are drawn as dots.
@@ -47,22 +49,13 @@ def annotate(image_bytes: bytes, body: dict, quality: int = 90) -> bytes:
         source.seek(0)
         image = ImageOps.exif_transpose(source).convert("RGB")
     pen = Pen(image)
-    for det in body.get("detections") or []:
-        color = PALETTE[det["class_id"] % len(PALETTE)]
-        for polygon in det.get("polygons") or []:
-            pen.outline(polygon, color)
-        if det.get("corners"):
-            pen.outline(det["corners"], color)
-            anchor = min(det["corners"], key=lambda p: (p[1], p[0]))
-        else:
-            pen.draw.rectangle(det["bbox"], outline=color, width=pen.width)
-            anchor = det["bbox"][:2]
-        if det.get("keypoints"):
-            pen.keypoints(det["keypoints"], color)
-        pen.label(anchor, f"{det['class']} {det['confidence']:.2f}", color)
-    for rank, item in enumerate(body.get("classifications") or []):
-        text = f"{item['class']} {item['confidence']:.2f}"
-        pen.label((pen.width, pen.width + rank * pen.line_height), text, PALETTE[rank % len(PALETTE)], below=True)
+    located = locates(answer_task(body))
+    for rank, item in enumerate(answer_items(body)):
+        if located:
+            pen.detection(item)
+        else:  # a classifier's classes, best first, listed from the top-left corner
+            text = f"{item['class']} {item['confidence']:.2f}"
+            pen.label((pen.width, pen.width + rank * pen.line_height), text, PALETTE[rank % len(PALETTE)], below=True)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
@@ -77,6 +70,21 @@ class Pen:
         self.font = ImageFont.load_default(size=max(12, round(max(image.size) / 50)))
         left, top, right, bottom = self.draw.textbbox((0, 0), "Ag", font=self.font)
         self.line_height = bottom - top + 2 * self.width
+
+    def detection(self, det: dict) -> None:
+        """One detection: its mask outlines, its rotated or upright box, its keypoints and its label."""
+        color = PALETTE[det["class_id"] % len(PALETTE)]
+        for polygon in det.get("polygons") or []:
+            self.outline(polygon, color)
+        if det.get("corners"):
+            self.outline(det["corners"], color)
+            anchor = min(det["corners"], key=lambda p: (p[1], p[0]))
+        else:
+            self.draw.rectangle(det["bbox"], outline=color, width=self.width)
+            anchor = det["bbox"][:2]
+        if det.get("keypoints"):
+            self.keypoints(det["keypoints"], color)
+        self.label(anchor, f"{det['class']} {det['confidence']:.2f}", color)
 
     def outline(self, points: list, color: tuple) -> None:
         if len(points) >= 2:

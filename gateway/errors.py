@@ -1,4 +1,4 @@
-"""One error shape for every failure: ``{"status": "error", "error": {"code", "message"}}``."""
+"""Every failure the gateway answers, in the contract's one error shape (``yolo_contract.error_body``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.yolo_contract import error_body
 
 
 class APIError(Exception):
@@ -19,12 +21,8 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_content(code: str, message: str) -> dict:
-    return {"status": "error", "error": {"code": code, "message": message}}
-
-
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_content(code, message), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -7,6 +7,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.yolo_contract import answer_found
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7)
 
@@ -116,8 +118,7 @@ class GatewayMetrics:
         model, version = body.get("model", {}).get("name", "unknown"), body.get("model", {}).get("version", "unknown")
         self.upstream.labels(model, version).observe(upstream_s)
         self.predictions.labels(model, version).inc()
-        found = body.get("detections") or body.get("classifications", [])[:1]  # a classifier counts its top class
-        for item in found:
+        for item in answer_found(body):  # a classifier counts its top class
             self.detections.labels(model, item["class"], version).inc()
 
 

@@ -23,11 +23,11 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.errors import error_content
 from gateway.lifecycle import Lifecycle
 from gateway.main import create_app
 from gateway.settings import Settings
 from gateway.state import StateError, open_store
+from serving.yolo_contract import error_body
 
 REFUSED_LINGER_S = 1.0  # how long a refused connection's request is read and discarded before closing
 
@@ -35,7 +35,7 @@ REFUSED_LINGER_S = 1.0  # how long a refused connection's request is read and di
 def _busy_response(settings: Settings) -> bytes:
     """The whole 503 a connection past the cap gets, written before its request is read."""
     body = json.dumps(
-        error_content(
+        error_body(
             "too_many_connections",
             f"The gateway holds {settings.max_client_connections} connections, its limit; retry shortly.",
         )

@@ -32,7 +32,7 @@ from operations.history import SWITCHES, previous_version, read_canary, read_his
 from operations.packaging import sha256sum
 from operations.stack import Stack, set_current, wait_until
 from quality.gate import quality_gate, smoke_check
-from serving.yolo_contract import VERSION_RE, version_order
+from serving.yolo_contract import VERSION_RE, error_body, version_order
 
 DEFAULT_KEEP = int(os.environ.get("DEPLOY_KEEP", "1"))
 DEFAULT_DRAIN_S = float(os.environ.get("DEPLOY_DRAIN_S", "3"))
@@ -51,7 +51,7 @@ class Release:
         if answer is not None:
             return answer
         message = torchserve_message(response)
-        return {"status": "error", "error": {"code": f"http_{response.status_code}", "message": message}}
+        return error_body(f"http_{response.status_code}", message)
 
 
 @contextmanager

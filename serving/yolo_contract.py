@@ -54,20 +54,44 @@ def signal_tier(signal: str) -> str:
     return "input" if signal in INPUT_SIGNALS else "output"
 
 
+# Where each task's answer lists what it found: located things (detections, each with a box) or ranked classes.
+TASK_ITEMS = {"detect": "detections", "segment": "detections", "pose": "detections", "obb": "detections",
+              "classify": "classifications"}  # fmt: skip
 # What each task's detections carry besides class, class_id, confidence and bbox.
 TASK_FIELDS = {"detect": (), "segment": ("polygons",), "pose": ("keypoints",), "obb": ("obb", "corners")}
 
 
 def items_key(task: str | None) -> str:
     """Where an answer of ``task`` lists what it found: ``classifications`` for a classifier, else ``detections``."""
-    return "classifications" if task == "classify" else "detections"
+    return TASK_ITEMS.get(task, "detections")
+
+
+def locates(task: str | None) -> bool:
+    """Whether an answer of ``task`` lists located things (detections, each with a box), not ranked classes."""
+    return items_key(task) == "detections"
+
+
+def answer_task(body: dict) -> str | None:
+    """The task an answer is of: the one it names, else a classifier's when it lists classifications."""
+    return body.get("task") or ("classify" if "classifications" in body else None)
 
 
 def answer_items(body: dict) -> list[dict]:
     """What a successful answer found, best first: a classifier's classes, any other task's detections
     ([] when it found nothing). An answer without ``task`` is read by the list it carries."""
-    task = body.get("task") or ("classify" if "classifications" in body else None)
-    return body.get(items_key(task)) or []
+    return body.get(items_key(answer_task(body))) or []
+
+
+def answer_found(body: dict) -> list[dict]:
+    """What an answer counts as found (metrics, capture rules, drift's class mix): every detection, or a
+    classifier's top class alone."""
+    items = answer_items(body)
+    return items if locates(answer_task(body)) else items[:1]
+
+
+def error_body(code: str, message: str) -> dict:
+    """The one shape of every error answer, the handler's, the gateway's and a release's alike."""
+    return {"status": "error", "error": {"code": code, "message": message}}
 
 
 def answer_problems(
@@ -98,7 +122,7 @@ def answer_problems(
         problems.append(f"image size {image} instead of {width}x{height}")
     key = items_key(task)
     items = body.get(key)
-    if not isinstance(items, list) or (task == "classify" and not items):
+    if not isinstance(items, list) or (not locates(task) and not items):
         return [*problems, f"a {task!r} answer without a {key} list"]
     confidences = []
     for item in items:
@@ -118,7 +142,7 @@ def _item_problems(item: object, task: str, width: int, height: int) -> list[str
     confidence = item.get("confidence")
     if not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
         problems.append(f"confidence out of range: {item}")
-    if task == "classify":
+    if not locates(task):
         return problems
     bbox = item.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):

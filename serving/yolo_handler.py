@@ -24,9 +24,9 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 from yolo_signals import input_signals, output_signals
 
-from yolo_contract import DRIFT_REFERENCE_FILE
+from yolo_contract import DRIFT_REFERENCE_FILE, error_body
 from yolo_image import RequestError, batch_tensor, decode_upload
-from yolo_request import HandlerConfig, error_body, parse_params, request_payload
+from yolo_request import HandlerConfig, parse_params, request_payload
 from yolo_runtime import RuntimeThreads, load_backend
 from yolo_tasks import Prepared, task_unit
 
@@ -120,7 +120,7 @@ class YoloHandler(BaseHandler):
                     item.code,
                     item.message,
                 )
-                responses.append(error_body(item))
+                responses.append(error_body(item.code, item.message))
                 continue
             started = time.perf_counter()
             answer = self.task.answer(outputs[idx], item.input, item.params)

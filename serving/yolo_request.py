@@ -154,7 +154,3 @@ def request_payload(row: dict) -> bytes:
             except binascii.Error:
                 break
     raise RequestError(415, "invalid_image", "The request body must be the raw bytes of an image.")
-
-
-def error_body(err: RequestError) -> dict:
-    return {"status": "error", "error": {"code": err.code, "message": err.message}}

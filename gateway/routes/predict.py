@@ -31,7 +31,7 @@ from gateway.deps import (
     require_api_key,
     spend_tokens,
 )
-from gateway.errors import APIError, error_content
+from gateway.errors import APIError
 from gateway.schemas import BatchResponse, ErrorResponse, PredictResponse
 from gateway.uploads import UploadedFile, read_files
 from gateway.upstream import UNKNOWN_MODEL
@@ -42,6 +42,7 @@ from serving.yolo_contract import (
     NAME_PATTERN,
     TOP_K_LIMIT,
     VERSION_PATTERN,
+    error_body,
 )
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ async def ask_torchserve(
     except APIError as exc:
         if exc.status >= 500 and exc.code != UNKNOWN_MODEL:
             metrics.prediction_errors.labels(model, version or "default", exc.code).inc()
-        return exc.status, error_content(exc.code, exc.message)
+        return exc.status, error_body(exc.code, exc.message)
     body = result.body
     if result.status == 200 and body.get("status") == "success":
         metrics.record_prediction(body, result.upstream_ms / 1000)
