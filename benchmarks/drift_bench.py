@@ -190,7 +190,7 @@ def signal_costs(handler, images: list[bytes], reference: Reference, threshold: 
         for name, call in (
             ("input tier (all)", partial(yolo_signals.input_signals, decoded.rgb, decoded.width, decoded.height)),
             ("blockiness (within it)", partial(yolo_signals.blockiness, decoded.rgb, decoded.width)),
-            ("output tier", partial(yolo_signals.output_signals, handler.task.name, body, *size)),
+            ("output tier", partial(handler.task.signals, body, *size)),
             ("gateway detector", partial(detector.update, body["signals"])),
         ):
             started = time.process_time()

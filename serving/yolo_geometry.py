@@ -53,6 +53,15 @@ def rotated_corners(xywhr: np.ndarray) -> np.ndarray:
     return np.stack([ctr + vec1 + vec2, ctr + vec1 - vec2, ctr - vec1 - vec2, ctr - vec1 + vec2], axis=-2)
 
 
+def polygon_area(points) -> float:
+    """Area of a simple polygon given as x/y points, flat or paired (shoelace formula); 0 under three points."""
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(xy) < 3:
+        return 0.0
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
 def mask_to_image(mask: np.ndarray, box: Letterbox) -> np.ndarray:
     """A binary mask at model-input size, padding cut off and resized to the original image (``scale_masks``)."""
     top, left = int(box.pad_y), int(box.pad_x)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
-from yolo_signals import input_signals, output_signals
+from yolo_signals import input_signals
 
 from yolo_contract import DRIFT_REFERENCE_FILE, error_body
 from yolo_image import RequestError, batch_tensor, decode_upload
@@ -126,7 +126,7 @@ class YoloHandler(BaseHandler):
             answer = self.task.answer(outputs[idx], item.input, item.params)
             drift = {
                 **item.image_signals,
-                **output_signals(self.task.name, answer, item.input.width, item.input.height),
+                **self.task.signals(answer, item.input.width, item.input.height),
             }
             responses.append(
                 {

@@ -4,7 +4,8 @@ Two tiers. The **input** tier describes the picture (mean luma, luma contrast, s
 log variance of the Laplacian, colour saturation, JPEG blockiness, aspect ratio): it moves first when a lamp
 ages, a lens loses focus or a camera's compression changes, and it is a warning, since the
 model may well cope. The **output** tier describes what the model answered (how many
-detections, how sure it was, what sizes and classes it saw): a change there is critical.
+detections, how sure it was, what sizes and classes it saw): a change there is critical. Which
+of its parts a task's answer has is the task's own (``signals`` of each unit in ``yolo_tasks``).
 
 Every value is a plain float, or None when a request has nothing to say about the signal (the
 mean confidence of an image without detections); class mix is sent as each present class's
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from yolo_contract import CLASS_MIX
+from yolo_geometry import polygon_area
 
 MAX_SIGNAL_PIXELS = 100_000  # a larger decode is sampled on a regular grid: the cost stays under a millisecond
 
@@ -76,28 +78,36 @@ def blockiness(rgb: np.ndarray, width: int) -> float | None:
     return math.log((edge / edges + 0.5) / (inside + 0.5))
 
 
-def output_signals(task: str, answer: dict, width: int, height: int) -> dict:
-    """Statistics of a built answer (``detections`` or ``classifications``), per task."""
-    if task == "classify":
-        top = answer["classifications"][0]
-        return {"top1_confidence": float(top["confidence"]), **class_counts([top["class"]])}
-    detections = answer["detections"]
+def detection_signals(detections: list[dict], width: int, height: int) -> dict:
+    """The output tier every task with boxes shares: how many, how sure, how large, which classes."""
     confidences = [d["confidence"] for d in detections]
     area = float(width * height)
-    found = {
+    return {
         "detections": float(len(detections)),
         "confidence_mean": float(np.mean(confidences)) if detections else None,
         "confidence_min": float(min(confidences)) if detections else None,
         "box_area": _log_mean(
             [(d["bbox"][2] - d["bbox"][0]) * (d["bbox"][3] - d["bbox"][1]) / area for d in detections]
         ),
+        **class_counts([d["class"] for d in detections]),
     }
-    if task == "pose":
-        scores = [k["confidence"] for d in detections for k in d["keypoints"] if k["confidence"] is not None]
-        found["keypoint_confidence"] = float(np.mean(scores)) if scores else None
-    if task == "segment":
-        found["mask_area"] = _log_mean([sum(_polygon_area(p) for p in d["polygons"]) / area for d in detections])
-    return {**found, **class_counts([d["class"] for d in detections])}
+
+
+def keypoint_confidence(detections: list[dict]) -> float | None:
+    """Mean confidence of the keypoints that have one (pose)."""
+    scores = [k["confidence"] for d in detections for k in d["keypoints"] if k["confidence"] is not None]
+    return float(np.mean(scores)) if scores else None
+
+
+def mask_area(detections: list[dict], width: int, height: int) -> float | None:
+    """Log of the mean share of the image the detections' outlines cover (segment)."""
+    return _log_mean([sum(polygon_area(p) for p in d["polygons"]) / float(width * height) for d in detections])
+
+
+def top_class_signals(classifications: list[dict]) -> dict:
+    """A classifier's output tier: how sure its top class is, and which it is."""
+    top = classifications[0]
+    return {"top1_confidence": float(top["confidence"]), **class_counts([top["class"]])}
 
 
 def class_counts(found: list[str]) -> dict[str, float]:
@@ -114,11 +124,3 @@ def class_counts(found: list[str]) -> dict[str, float]:
 
 def _log_mean(values: list[float]) -> float | None:
     return math.log(max(float(np.mean(values)), 1e-9)) if values else None
-
-
-def _polygon_area(points: list[list[float]]) -> float:
-    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(xy) < 3:
-        return 0.0
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))

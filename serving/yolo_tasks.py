@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from yolo_signals import detection_signals, keypoint_confidence, mask_area, top_class_signals
 
 from yolo_geometry import (
     mask_polygons,
@@ -79,6 +80,10 @@ class DetectTask:
     def answer(self, output, item: Input, params: Params) -> dict:
         rows = self._nms(output, params).float().numpy()
         return {"detections": self._detections(rows, unletterbox_boxes(rows[:, :4], item.box), self._extra(rows, item))}
+
+    def signals(self, answer: dict, width: int, height: int) -> dict:
+        """The output tier of the drift signals of an answer of this task, for an image of ``width`` x ``height``."""
+        return detection_signals(answer["detections"], width, height)
 
     def _extra(self, rows: np.ndarray, item: Input):
         """What the task adds to detection ``index`` beyond its box; nothing for plain detection."""
@@ -146,11 +151,19 @@ class SegmentTask(DetectTask):
 
         return {"detections": self._detections(rows, unletterbox_boxes(rows[:, :4], item.box), extra)}
 
+    def signals(self, answer: dict, width: int, height: int) -> dict:
+        found = super().signals(answer, width, height)
+        return {**found, "mask_area": mask_area(answer["detections"], width, height)}
+
 
 class PoseTask(DetectTask):
     """Boxes plus keypoints, named by the model's ``kpt_names`` when the weights carry them."""
 
     name = "pose"
+
+    def signals(self, answer: dict, width: int, height: int) -> dict:
+        found = super().signals(answer, width, height)
+        return {**found, "keypoint_confidence": keypoint_confidence(answer["detections"])}
 
     def _extra(self, rows: np.ndarray, item: Input):
         count, dims = self.kpt_shape
@@ -265,10 +278,13 @@ class ClassifyTask(DetectTask):
             ]
         }
 
+    def signals(self, answer: dict, width: int, height: int) -> dict:
+        return top_class_signals(answer["classifications"])
 
-TASKS = {task.name: task for task in (DetectTask, SegmentTask, PoseTask, ObbTask, ClassifyTask)}
+
+TASK_UNITS = {unit.name: unit for unit in (DetectTask, SegmentTask, PoseTask, ObbTask, ClassifyTask)}
 
 
 def task_unit(config: HandlerConfig) -> type[DetectTask]:
     """The unit that builds this archive's answers: its task's, or RT-DETR's own way of detecting."""
-    return RTDETRTask if config.architecture == "rtdetr" else TASKS[config.task]
+    return RTDETRTask if config.architecture == "rtdetr" else TASK_UNITS[config.task]

@@ -7,7 +7,7 @@ import asyncio
 import cv2
 import numpy as np
 import pytest
-from yolo_signals import input_signals, output_signals
+from yolo_signals import input_signals
 
 from drift.calibrate import build_reference, calibration_table
 from drift.detector import MARGIN, Detector, Reference
@@ -16,6 +16,8 @@ from gateway.settings import Settings
 from gateway.state import SQLiteStore
 from serving.yolo_contract import CLASS_MIX, signal_tier
 from tests.helpers import SAMPLES
+from yolo_request import HandlerConfig
+from yolo_tasks import TASK_UNITS
 
 SAMPLE = SAMPLES / "scratch_01.jpg"
 
@@ -42,6 +44,11 @@ def test_input_signals_move_with_the_picture():
     grey = input_signals(np.full((48, 64, 3), 128, np.uint8), 64, 48)
     assert grey["saturation"] == 0.0 and grey["contrast"] == 0.0 and grey["blockiness"] == 0.0
     assert input_signals(np.full((60, 80, 3), 128, np.uint8), 640, 480)["blockiness"] is None, "1/8 decode: no grid"
+
+
+def output_signals(task: str, answer: dict, width: int, height: int) -> dict:
+    """The output tier the handler's unit for ``task`` sends with ``answer``."""
+    return TASK_UNITS[task](HandlerConfig(task=task), {}, end2end=False).signals(answer, width, height)
 
 
 def test_output_signals_per_task():
