@@ -9,7 +9,7 @@ from fastapi.security import APIKeyHeader
 
 from gateway.answer_cache import AnswerCache
 from gateway.canary import Canaries
-from gateway.capture import Capturer
+from gateway.capture.worker import Capturer
 from gateway.drift import DriftMonitor
 from gateway.errors import APIError
 from gateway.limits import PendingPredictions, TokenBuckets, client_address, rate_limited

@@ -9,7 +9,9 @@ from fastapi import FastAPI
 
 from gateway.answer_cache import open_answer_cache
 from gateway.canary import Canaries
-from gateway.capture import Capturer, CaptureStore, load_policies
+from gateway.capture.policy import load_policies
+from gateway.capture.store import CaptureStore
+from gateway.capture.worker import Capturer
 from gateway.drift import DriftCollector, DriftMonitor
 from gateway.errors import install_error_handlers
 from gateway.guard import UploadGuard

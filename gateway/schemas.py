@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.capture import CapturePolicy
+from gateway.capture.policy import CapturePolicy
 from serving.yolo_contract import TASKS
 
 

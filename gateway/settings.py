@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     @field_validator("capture_policy")
     @classmethod
     def _capture_policy(cls, value: Path | None) -> Path | None:
-        from gateway.capture import load_policies
+        from gateway.capture.policy import load_policies
 
         load_policies(value)
         return value

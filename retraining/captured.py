@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.capture import CaptureStore
+from gateway.capture.store import CaptureStore
 from gateway.state import StateError, open_store
 from operations.archives import DeployError, archive_for, extract_source_weights
 from operations.stack import Stack, current_version

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gateway.capture import CaptureStore
+from gateway.capture.store import CaptureStore
 from gateway.state import open_store
 from operations.archives import DeployError, archive_for, archive_lineage, extract_gate_set, extract_source_weights
 from operations.history import record

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.capture import per_model
+from gateway.capture.policy import per_model
 from operations.history import read_history
 from operations.stack import Stack, current_version
 from retraining.datasets import labelled_ids

@@ -18,16 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.capture import (
-    CapturePolicy,
-    Capturer,
-    CaptureStore,
-    Window,
-    distance,
-    load_policies,
-    phash,
-    reasons,
-)
+from gateway.capture.policy import CapturePolicy, Window, load_policies, reasons
+from gateway.capture.store import CaptureStore, distance, phash
+from gateway.capture.worker import Capturer
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.state import StateError, open_store
@@ -210,7 +203,7 @@ def test_a_failing_store_or_a_full_disk_drops_the_capture_and_nothing_else(tmp_p
     assert list((tmp_path / "captures").rglob("*.*")) == [] and not any(
         p.is_file() for p in (tmp_path / "captures").rglob("*")
     ), "no image without its row"
-    monkeypatch.setattr("gateway.capture.DISK_RESERVE", 1 << 62)
+    monkeypatch.setattr("gateway.capture.worker.DISK_RESERVE", 1 << 62)
     capturer, metrics = capturer_for(tmp_path / "full", {"random": 1.0})
     asyncio.run(offer_all(capturer, [part(0)]))
     assert counted(metrics, "gateway_capture_dropped_total", model="yolo", cause="disk_full") == 1

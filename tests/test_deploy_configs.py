@@ -162,7 +162,7 @@ def third_party_imports(sources: list[Path]) -> set[str]:
     ("dockerfile", "sources"),
     [
         (DOCKERFILES[0], ["serving/yolo_handler.py", "serving/yolo_image.py"]),
-        (DOCKERFILES[1], ["gateway/**/*.py", "serving/yolo_contract.py"]),
+        (DOCKERFILES[1], ["gateway/**/*.py", "serving/yolo_contract.py", "serving/yolo_files.py"]),
     ],
     ids=["serving", "gateway"],
 )
@@ -176,6 +176,35 @@ def test_image_installs_what_the_code_imports(dockerfile, sources):
         if not owners & installed:
             missing[module] = sorted(owners) or "not installed in the venv either"
     assert not missing, f"{dockerfile.relative_to(ROOT)} does not install: {missing}"
+
+
+def first_party_closure(pattern: str) -> set[str]:
+    """The repository files the modules under ``pattern`` import, and what those import in turn (outside gateway/)."""
+    todo, found = [p for p in ROOT.glob(pattern) if p.is_file()], set()
+    while todo:
+        for node in ast.walk(ast.parse(todo.pop().read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                path = ROOT / (node.module.replace(".", "/") + ".py")
+                if node.module.split(".")[0] != "gateway" and path.is_file() and str(path) not in found:
+                    found.add(str(path))
+                    todo.append(path)
+    return {str(Path(p).relative_to(ROOT)) for p in found}
+
+
+@pytest.mark.parametrize("dockerfile", [DOCKERFILES[1], ROOT / "docker" / "swarm" / "replica.Dockerfile"])
+def test_gateway_image_copies_the_modules_the_gateway_imports(dockerfile):
+    """The gateway image copies serving/ and drift/ file by file: each one the gateway imports is copied,
+    and let through .dockerignore's allow-list."""
+    copied = {
+        source
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    allowed = set((ROOT / ".dockerignore").read_text().split())
+    needed = first_party_closure("gateway/**/*.py")
+    assert needed - copied == set(), f"{dockerfile.relative_to(ROOT)} does not copy them"
+    assert {f"!{path}" for path in needed} - allowed == set(), ".dockerignore keeps them out of the build context"
 
 
 # --------------------------------------------------------------------------- TorchServe config

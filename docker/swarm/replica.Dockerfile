@@ -15,7 +15,7 @@ RUN pip install --no-cache-dir -c /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 WORKDIR /app
 COPY gateway/ gateway/
-COPY serving/yolo_contract.py serving/yolo_contract.py
+COPY serving/yolo_contract.py serving/yolo_files.py serving/
 COPY drift/__init__.py drift/detector.py drift/calibrate.py drift/
 COPY docker/swarm/replica-entrypoint.sh /usr/local/bin/replica-entrypoint.sh
 

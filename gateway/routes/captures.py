@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from gateway.capture import CaptureStore
+from gateway.capture.store import CaptureStore
 from gateway.deps import get_store, require_admin_key
 from gateway.errors import APIError
 from gateway.routes.predict import ModelName

@@ -10,7 +10,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from gateway.capture import Capturer
+from gateway.capture.worker import Capturer
 from gateway.deps import get_capturer, get_drift, get_settings, get_upstream
 from gateway.drift import DriftMonitor
 from gateway.routes.predict import ModelName
