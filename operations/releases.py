@@ -27,7 +27,7 @@ from pathlib import Path
 
 from gateway.canary import Canary
 from gateway.torchserve import BlockingTorchServe, TorchServeError, handler_answer, torchserve_message
-from operations.archives import DeployError, archive_for, archive_gate, check_archive
+from operations.archives import DeployError, archive_for, check_archive, extract_gate_set
 from operations.history import SWITCHES, previous_version, read_canary, read_history, record, write_canary
 from operations.packaging import sha256sum
 from operations.stack import Stack, set_current, wait_until
@@ -117,7 +117,7 @@ def _load_and_gate(r: Release, version: str, previous: str | None, action: str, 
     try:
         archive = check_archive(stack, version)
         with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
-            gate_dir = archive_gate(archive, Path(tmp))
+            gate_dir = extract_gate_set(archive, Path(tmp))
             if gate and gate_dir is None:
                 raise DeployError(
                     f"{archive.name} carries no gate set (package it with --gate-data DIR), "
