@@ -30,10 +30,12 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
+from serving.yolo_contract import answer_items
+from serving.yolo_files import IMAGE_SUFFIXES, MappingError, is_image_file, label_path, read_mapping
+
 IOU_MATCH = 0.5
 PCK_FRACTION = 0.1
 METRICS = {"detect": "recall", "segment": "recall", "obb": "recall", "pose": "pck", "classify": "top1"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 GATE_YAML = "gate.yaml"
 DATA_YAML = "data.yaml"
 CLASSIFY_SPLITS = ("val", "test")  # Ultralytics' classify layout: the split a gate scores, in order of preference
@@ -151,14 +153,9 @@ class GateSet:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise GateSetError(f"{path} is not readable YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise GateSetError(f"{path} holds a {type(data).__name__}, not the key: value mapping it should")
-    return data
+        return read_mapping(path)
+    except MappingError as exc:
+        raise GateSetError(str(exc)) from None
 
 
 def read_gate_yaml(root: Path) -> dict:
@@ -219,16 +216,6 @@ def find_gate_set(source: Path, task: str | None = None) -> GateSet:
     if task == "classify":
         return _classify_set(root, spec)
     return _labelled_set(root, data_yaml, task, spec)
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def ultralytics_label(image: Path) -> Path:
-    """Where Ultralytics looks for an image's YOLO labels: its path, last /images/ made /labels/, as .txt."""
-    head, sep, tail = str(image).rpartition(f"{os.sep}images{os.sep}")
-    return Path(f"{head}{os.sep}labels{os.sep}{tail}" if sep else str(image)).with_suffix(".txt")
 
 
 def _names(data: dict, data_yaml: Path) -> dict[int, str]:
@@ -308,7 +295,7 @@ def _val_split(data: dict, data_yaml: Path) -> list[tuple[Path, Path]]:
     for entry in entries:
         where = base / Path(str(entry)).expanduser()
         if where.is_dir():
-            images = sorted(p for p in where.rglob("*") if _is_image(p))
+            images = sorted(p for p in where.rglob("*") if is_image_file(p))
         elif where.is_file() and where.suffix == ".txt":
             images = _listed_images(where)
         else:
@@ -320,7 +307,7 @@ def _val_split(data: dict, data_yaml: Path) -> list[tuple[Path, Path]]:
             raise GateSetError(
                 f"{data_yaml}: val: {entry} ({where}) holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        split = [(image, ultralytics_label(image)) for image in images]
+        split = [(image, label_path(image)) for image in images]
         _check_labels(split, where)
         pairs += split
     return pairs
@@ -333,7 +320,7 @@ def _listed_images(listing: Path) -> list[Path]:
         if not line.strip():
             continue
         image = listing.parent / Path(line.strip()).expanduser()
-        if not _is_image(image):
+        if not is_image_file(image):
             raise GateSetError(f"{listing}:{number}: {line.strip()} is not an image file ({image})")
         images.append(image)
     return images
@@ -343,14 +330,14 @@ def _folder_layout(root: Path, data_yaml: Path) -> list[tuple[Path, Path]]:
     """No ``val`` in data.yaml: images/val + labels/val, images/ + labels/, or images beside labels/."""
     split = root / "images" / "val"
     if split.is_dir():
-        pairs = [(p, ultralytics_label(p)) for p in sorted(split.rglob("*")) if _is_image(p)]
+        pairs = [(p, label_path(p)) for p in sorted(split.rglob("*")) if is_image_file(p)]
         where = split
     elif (root / "images").is_dir():
         where = root / "images"
-        pairs = [(p, ultralytics_label(p)) for p in sorted(where.iterdir()) if _is_image(p)]
+        pairs = [(p, label_path(p)) for p in sorted(where.iterdir()) if is_image_file(p)]
     else:
         where = root
-        pairs = [(p, root / "labels" / f"{p.stem}.txt") for p in sorted(root.iterdir()) if _is_image(p)]
+        pairs = [(p, root / "labels" / f"{p.stem}.txt") for p in sorted(root.iterdir()) if is_image_file(p)]
     if not pairs:
         folders = sorted(p.name for p in where.iterdir() if p.is_dir()) if where != root else []
         inside = f" ({where} holds only the folders {', '.join(folders)})" if folders else ""
@@ -371,7 +358,7 @@ def _class_images(folder: Path) -> list[tuple[Path, str]]:
         (image, cls.name)
         for cls in sorted(p for p in folder.iterdir() if p.is_dir())
         for image in sorted(cls.iterdir())
-        if _is_image(image)
+        if is_image_file(image)
     ]
 
 
@@ -379,7 +366,7 @@ def _classify_set(root: Path, spec: dict) -> GateSet:
     pairs: list[tuple[Path, str]] = []
     for split in CLASSIFY_SPLITS:  # a split folder holds class folders, no images of its own
         folder = root / split
-        if folder.is_dir() and not any(_is_image(p) for p in folder.iterdir()):
+        if folder.is_dir() and not any(is_image_file(p) for p in folder.iterdir()):
             pairs = _class_images(folder)
             if pairs:
                 break
@@ -484,11 +471,11 @@ def _unique_names(images: Sequence[Path]) -> list[str]:
     return [image.name if stems[image.stem] == 1 else f"{i:04d}_{image.name}" for i, image in enumerate(images)]
 
 
-def _detections(answer: dict) -> list[dict]:
-    """An answer's detections best first; an error answer has none, so all its objects count as missed."""
+def _found(answer: dict) -> list[dict]:
+    """What an answer found, best first; an error answer found nothing, so all its objects count as missed."""
     if answer.get("status") != "success":
         return []
-    return sorted(answer.get("detections", []), key=lambda d: -d["confidence"])
+    return sorted(answer_items(answer), key=lambda d: -d["confidence"])
 
 
 def match(truth: list[dict], predictions: list[dict], iou: Callable[[dict, dict], float]) -> dict[int, int]:
@@ -519,7 +506,7 @@ def _obb_pair(obj: dict, pred: dict) -> float:
 def _recall(task: str, items: list[dict], answers: list[dict]) -> float:
     found = total = 0
     for item, answer in zip(items, answers, strict=True):
-        preds = _detections(answer)
+        preds = _found(answer)
         if task == "segment":
             size = item["width"], item["height"]
             truth_masks = [rasterise([o["polygon"]], *size) for o in item["objects"]]
@@ -556,7 +543,7 @@ def paired_keypoints(truth_names: Sequence[str], predicted: Sequence[dict]) -> l
 def _pck(items: list[dict], answers: list[dict]) -> float:
     hits = total = 0
     for item, answer in zip(items, answers, strict=True):
-        preds = _detections(answer)
+        preds = _found(answer)
         pairs = match(item["objects"], preds, _box_pair)
         for t_idx, obj in enumerate(item["objects"]):
             x1, y1, x2, y2 = obj["bbox"]
@@ -576,8 +563,8 @@ def _pck(items: list[dict], answers: list[dict]) -> float:
 def _top1(items: list[dict], answers: list[dict]) -> float:
     right = 0
     for item, answer in zip(items, answers, strict=True):
-        ranked = answer.get("classifications", []) if answer.get("status") == "success" else []
-        right += bool(ranked) and max(ranked, key=lambda c: c["confidence"])["class"] == item["class"]
+        ranked = _found(answer)
+        right += bool(ranked) and ranked[0]["class"] == item["class"]
     if not items:
         raise ValueError("gate set has no images")
     return right / len(items)

@@ -19,7 +19,6 @@ by ``train-set/{train,val}/<class>/`` (Ultralytics' classify layout).
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -27,14 +26,23 @@ from pathlib import Path
 
 import yaml
 
-from quality.gate_metrics import IMAGE_SUFFIXES, METRICS, load_gate_set
+from quality.gate_metrics import METRICS, load_gate_set
 from retraining.datasets import labelled_ids, link
+from serving.yolo_files import MappingError, is_image_file, label_path, read_mapping
 
 HOLDOUT_SHARE = 0.2
 
 
 class DataError(Exception):
     """Retraining data that cannot be used; the message names the file and the fix."""
+
+
+def _read(path: Path) -> dict:
+    """A data or gate yaml of the retraining's inputs; DataError naming it when it is not a readable mapping."""
+    try:
+        return read_mapping(path)
+    except MappingError as exc:
+        raise DataError(f"{exc}: export or package the data again") from None
 
 
 @dataclass(frozen=True)
@@ -87,18 +95,18 @@ def dataset_items(dataset: Path, task: str, ids: list[str] | None = None) -> lis
     items = []
     if task == "classify":
         for image in sorted((dataset / "train").glob("*/*")):
-            if image.suffix.lower() in IMAGE_SUFFIXES and (wanted is None or image.stem in wanted):
+            if is_image_file(image) and (wanted is None or image.stem in wanted):
                 items.append(Item(image, None, image.parent.name))
         return items
     for image in sorted((dataset / "images").iterdir()):
-        if image.suffix.lower() in IMAGE_SUFFIXES and (wanted is None or image.stem in wanted):
+        if is_image_file(image) and (wanted is None or image.stem in wanted):
             items.append(Item(image, dataset / "labels" / f"{image.stem}.txt"))
     return items
 
 
 def split_dirs(data_yaml: Path, split: str) -> list[Path]:
     """The image folders (or list files) of one split of an Ultralytics data file."""
-    data = yaml.safe_load(Path(data_yaml).read_text()) or {}
+    data = _read(Path(data_yaml))
     base = Path(data.get("path") or Path(data_yaml).parent)
     if not base.is_absolute():
         base = (Path(data_yaml).parent / base).resolve()
@@ -119,16 +127,15 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
     pool = []
     if task == "classify":
         folder = train_data / "train" if (train_data / "train").is_dir() else train_data
-        pool = [Item(p, None, p.parent.name) for p in sorted(folder.glob("*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        pool = [Item(p, None, p.parent.name) for p in sorted(folder.glob("*/*")) if is_image_file(p)]
     else:
         data_yaml = train_data if train_data.is_file() else next(iter(sorted(train_data.glob("*.yaml"))), None)
         if data_yaml is None:
             raise DataError(f"{train_data}: no data yaml: --train-data takes the dataset's yaml file")
         for folder in split_dirs(data_yaml, "train"):
-            for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                relative = image.relative_to(folder).with_suffix(".txt")
-                labels = Path(str(folder).replace(f"{os.sep}images", f"{os.sep}labels", 1))
-                pool.append(Item(image, labels / relative))
+            pool += [
+                Item(image, label_path(image)) for image in sorted(p for p in folder.rglob("*") if is_image_file(p))
+            ]
     return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
@@ -136,7 +143,7 @@ def gate_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
     """The incumbent's frozen gate set as items, and its gate.yaml (empty when the incumbent carries none)."""
     if gate_dir is None:
         return [], {}
-    spec = yaml.safe_load((gate_dir / "gate.yaml").read_text()) or {}
+    spec = _read(gate_dir / "gate.yaml")
     task, items = load_gate_set(gate_dir)
     if task == "classify":
         return [Item(item["image"], None, item["class"]) for item in items], spec
@@ -189,7 +196,7 @@ def build_workspace(
     captures, held = dataset_items(dataset, task, train_ids), dataset_items(dataset, task, held_ids)
     replay = replay_items(train_data, task, round(len(captures) * replay_ratio), seed)
     frozen, _ = gate_items(gate_dir)
-    extra = {k: v for k, v in (yaml.safe_load((dataset / "data.yaml").read_text()) or {}).items()
+    extra = {k: v for k, v in _read(dataset / "data.yaml").items()
              if k in ("kpt_shape", "flip_idx", "kpt_names")} if task != "classify" else {}  # fmt: skip
     counts = {"captures": len(captures), "holdout": len(held), "replay": len(replay), "frozen": len(frozen)}
     if task == "classify":

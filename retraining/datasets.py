@@ -46,16 +46,9 @@ from xml.sax.saxutils import quoteattr
 import yaml
 from PIL import Image, ImageOps
 
-from serving.yolo_contract import TASKS
+from serving.yolo_contract import TASKS, answer_items
+from serving.yolo_files import MappingError, is_image_file, media_suffix, read_mapping
 
-MEDIA_EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/bmp": "bmp",
-    "image/tiff": "tiff",
-}
-IMAGE_SUFFIXES = {f".{ext}" for ext in MEDIA_EXTENSIONS.values()} | {".jpeg", ".tif"}
 KEYPOINT_VISIBLE = 0.5  # a keypoint at or above this confidence is a visible (v=2) pre-label, else 0 0 0
 TOLERANCE = 0.01  # normalised coordinates may stray this far outside [0, 1] (Ultralytics' own tolerance)
 LABELLED_FILE = "labelled.json"
@@ -122,14 +115,12 @@ def _capture_id(row: dict) -> str:
     return capture
 
 
-def _extension(row: dict) -> str:
-    media = row.get("media_type")
-    if media not in MEDIA_EXTENSIONS:
-        raise DatasetError(
-            f"capture {row.get('id')}: media type {media!r} is not one of {', '.join(MEDIA_EXTENSIONS)}: "
-            "leave the capture out"
-        )
-    return MEDIA_EXTENSIONS[media]
+def _suffix(row: dict) -> str:
+    """The file suffix of a capture's image (``.jpg``), from its media type."""
+    try:
+        return media_suffix(row.get("media_type"))
+    except ValueError as exc:
+        raise DatasetError(f"capture {row.get('id')}: {exc}: leave the capture out") from None
 
 
 def _blob(row: dict, read_blob: ReadBlob) -> bytes:
@@ -229,12 +220,9 @@ def _corners(detection: dict) -> list[list[float]]:
 
 def _load_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise DatasetError(f"{path}: unreadable ({error}): export the dataset again with export_yolo") from error
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: not a dataset YAML: export the dataset again with export_yolo")
-    return data
+        return read_mapping(path)
+    except MappingError as error:
+        raise DatasetError(f"{error}: export the dataset again with export_yolo") from None
 
 
 def _read_captures(path: Path) -> dict[str, dict]:
@@ -295,7 +283,7 @@ def _keypoint_layout(
     layout = {int(k): [str(n) for n in v] for k, v in (kpt_names or {}).items()}
     if not kpt_names:
         for row in rows:
-            for detection in row["answer"].get("detections", []):
+            for detection in answer_items(row["answer"]):
                 keypoints = detection.get("keypoints") or []
                 if keypoints:
                     layout.setdefault(detection["class_id"], [str(k["name"]) for k in keypoints])
@@ -323,7 +311,7 @@ def _keypoint_layout(
 def _yolo_lines(answer: dict, task: str, width: int, height: int, kpt: tuple | None) -> list[str]:
     """The answer's detections as YOLO label lines for ``task`` (normalised, clipped to the image)."""
     lines = []
-    for d in answer.get("detections", []):
+    for d in answer_items(answer):
         cls = int(d["class_id"])
         if task == "segment":
             values = [_unit(c / s) for x, y in _polygon(d) for c, s in ((x, width), (y, height))]
@@ -434,13 +422,13 @@ def export_yolo(
     planned = []
     for row in good:
         capture, width_height = _capture_id(row), _size(row)
-        planned.append((row, capture, _extension(row), _yolo_lines(row["answer"], task, *width_height, kpt)))
+        planned.append((row, capture, _suffix(row), _yolo_lines(row["answer"], task, *width_height, kpt)))
     kept = 0
     for row, capture, ext, lines in planned:
         for stale in (out / "images").glob(f"{capture}.*"):
-            if stale.suffix != f".{ext}":
+            if stale.suffix != ext:
                 stale.unlink()
-        image = out / "images" / f"{capture}.{ext}"
+        image = out / "images" / f"{capture}{ext}"
         if not image.is_file():
             _write(image, _blob(row, read_blob))
         if capture in labelled:
@@ -480,13 +468,13 @@ def _export_classify(
             )
     planned = []
     for row in good:
-        classes = row["answer"].get("classifications") or []
+        classes = answer_items(row["answer"])
         if not classes or classes[0].get("class") not in names.values():
             raise DatasetError(
                 f"capture {row.get('id')}: top-1 class {classes[:1]} is not one of {list(names.values())}: "
                 "export with the names of the model that answered"
             )
-        planned.append((row, _capture_id(row), _extension(row), classes[0]["class"]))
+        planned.append((row, _capture_id(row), _suffix(row), classes[0]["class"]))
     for split in ("train", "val"):
         for name in names.values():
             (out / split / name).mkdir(parents=True, exist_ok=True)
@@ -496,7 +484,7 @@ def _export_classify(
         if capture in labelled and existing:
             kept += 1
             continue
-        targets = [out / split / name / f"{capture}.{ext}" for split in ("train", "val")]
+        targets = [out / split / name / f"{capture}{ext}" for split in ("train", "val")]
         for stale in existing:
             if stale not in targets:
                 stale.unlink()
@@ -562,10 +550,10 @@ def _ls_results(row: dict, task: str) -> list[dict]:
         }
 
     if task == "classify":
-        top = answer["classifications"][0]
+        top = answer_items(answer)[0]
         return [result(0, "choices", {"choices": [top["class"]]}, top["confidence"])]
     results = []
-    for i, d in enumerate(answer.get("detections", [])):
+    for i, d in enumerate(answer_items(answer)):
         label, score = d["class"], d["confidence"]
         if task == "segment":
             points = [[_percent(x, width), _percent(y, height)] for x, y in _polygon(d)]
@@ -630,7 +618,7 @@ def export_labelstudio(
     keypoints: list[str] = []
     for row in good:
         answer = row["answer"]
-        for item in answer.get("classifications" if task == "classify" else "detections", []):
+        for item in answer_items(answer):
             seen.setdefault(int(item["class_id"]), item["class"])
             keypoints += [str(k["name"]) for k in item.get("keypoints") or []]
     names = _names(names) if names is not None else dict(sorted(seen.items()))
@@ -647,8 +635,8 @@ def export_labelstudio(
         keypoints = [str(n) for n in kpt_names] + keypoints
     tasks = []
     for row in good:
-        capture, ext = _capture_id(row), _extension(row)
-        image = out / "images" / f"{capture}.{ext}"
+        capture, ext = _capture_id(row), _suffix(row)
+        image = out / "images" / f"{capture}{ext}"
         if not image.is_file():
             _write(image, _blob(row, read_blob))
         results = _ls_results(row, task)
@@ -656,7 +644,7 @@ def export_labelstudio(
         tasks.append(
             {
                 "data": {
-                    "image": f"{image_prefix}images/{capture}.{ext}",
+                    "image": f"{image_prefix}images/{capture}{ext}",
                     "capture_id": capture,
                     "reasons": ",".join(row.get("reasons") or []),
                 },
@@ -685,7 +673,7 @@ def _dataset_images(dataset: Path, task: str) -> dict[str, list[Path]]:
     else:
         files = sorted((dataset / "images").glob("*"))
     for path in files:
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(path):
             found.setdefault(path.stem, []).append(path)
     if not found:
         layout = "train/<class>/" if task == "classify" else "images/"

@@ -25,14 +25,12 @@ import os
 import subprocess
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from gateway.capture import CaptureStore
 from gateway.state import open_store
@@ -47,6 +45,7 @@ from retraining.canary import watch_canary
 from retraining.data import Workspace, build_workspace, split_dirs, write_gate_spec
 from retraining.tracking import DEFAULT_DIR, tracked_run
 from serving.yolo_contract import VERSION_RE, version_order
+from serving.yolo_files import archive_config, image_files, media_suffix
 
 
 class RetrainError(Exception):
@@ -114,11 +113,6 @@ def stamped(out=print):
     return lambda line: out(f"[{time.perf_counter() - started:7.1f} s] {line}")
 
 
-def archive_config(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as zf:
-        return yaml.safe_load(zf.read("model-config.yaml")) or {}
-
-
 def next_version(stack: Stack, incumbent: str) -> str:
     """The incumbent's next minor version (2.0 -> 2.1) whose archive does not exist yet."""
     major, _, rest = incumbent.partition(".")
@@ -158,10 +152,8 @@ def gate_score(weights: Path, ws: Workspace, imgsz: int) -> float:
 
 def count_images(data: Path) -> int:
     """Images in the val split of an Ultralytics data file (or a classify folder's val/)."""
-    from quality.gate_metrics import IMAGE_SUFFIXES
-
     folders = [data / "val"] if data.is_dir() else split_dirs(data, "val")
-    return sum(1 for folder in folders for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sum(len(image_files(folder)) for folder in folders)
 
 
 def alarm_time(stack: Stack, model: str, version: str) -> float | None:
@@ -191,8 +183,7 @@ def reference_images(stack: Stack, model: str, since: float | None, folder: Path
                 data = store.read(row)
             except FileNotFoundError:
                 continue
-            suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(row["media_type"], ".jpg")
-            (folder / f"{row['id']}{suffix}").write_bytes(data)
+            (folder / f"{row['id']}{media_suffix(row['media_type'])}").write_bytes(data)
             written += 1
         return written
     finally:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
+from retraining.data import build_workspace
 from retraining.datasets import (
     DatasetError,
     export_labelstudio,
@@ -523,3 +524,27 @@ def test_subset_holds_only_the_ids(tmp_path):
     folder = subset(tmp_path / "c" / "yolo", [rows[1]["id"]], tmp_path / "cgate")
     assert sorted(p.name for p in (folder / "val").iterdir()) == sorted(NAMES["classify"].values())
     assert sorted(p.relative_to(folder).parts[0] for p in folder.glob("*/*/*.jpg")) == ["train", "val"]
+
+
+# ------------------------------------------------------------------------------------ into a retraining's data
+
+
+def test_a_labelled_tiff_capture_reaches_the_training_set(tmp_path):
+    """The export keeps a TIFF capture as .tiff; the retraining's data must read it back, not drop it."""
+    rows, blobs = captures("detect", count=2)
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(blobs[rows[1]["sha256"]])).save(tiff, "TIFF")
+    sha = hashlib.sha256(tiff.getvalue()).hexdigest()
+    blobs[sha] = tiff.getvalue()
+    rows[1] |= {"media_type": "image/tiff", "sha256": sha, "size": len(tiff.getvalue())}
+    export_yolo(rows, lambda row: blobs[row["sha256"]], tmp_path / "yolo", NAMES["detect"], "detect")
+    assert (tmp_path / "yolo" / "images" / f"{rows[1]['id']}.tiff").is_file()
+    person = tmp_path / "person"
+    person.mkdir()
+    for row in rows:
+        (person / f"{row['id']}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    import_labels(tmp_path / "yolo", person, NAMES["detect"], "detect")
+    ws = build_workspace(tmp_path / "ws", tmp_path / "yolo", "detect", NAMES["detect"], None, None)
+    assert ws.counts["captures"] + ws.counts["holdout"] == 2
+    placed = sorted(p.suffix for p in (tmp_path / "ws").glob("*/images/*"))
+    assert ".tiff" in placed
