@@ -4,7 +4,7 @@
 
 1. the incumbent: the default version's archive, the weights it was packaged from, its gate set
    and the training data it records (``package_mar.sh --train-data``);
-2. the data (``retraining.data``): the labelled captures less a held-out slice, mixed with a
+2. the data (``retraining.workspace``): the labelled captures less a held-out slice, mixed with a
    replay of the incumbent's training data (without one: the captures only, with a warning);
 3. a brief fine-tune of the incumbent's own weights (``retraining.finetune``);
 4. a comparison on the held-out captures and on the incumbent's frozen gate set: a candidate
@@ -38,12 +38,13 @@ from operations.archives import DeployError, archive_for, archive_lineage, extra
 from operations.history import record
 from operations.releases import promote, rollback, start_canary
 from operations.stack import ROOT, Stack, current_version
-from quality.gate_metrics import load_gate_set, threshold_from
-from quality.gate_metrics import score as score_answers
-from quality.reference import reference_answers
+from quality.gate_scoring import threshold_from
+from quality.gate_sets import load_gate_set
+from quality.tasks import task_of
+from quality.ultralytics_answers import reference_answers
 from retraining.canary import watch_canary
-from retraining.data import Workspace, build_workspace, split_dirs, write_gate_spec
 from retraining.tracking import DEFAULT_DIR, tracked_run
+from retraining.workspace import Workspace, build_workspace, split_dirs, write_gate_spec
 from serving.yolo_contract import VERSION_RE, version_order
 from serving.yolo_files import archive_config, image_files, media_suffix
 
@@ -124,7 +125,9 @@ def next_version(stack: Stack, incumbent: str) -> str:
             return candidate
 
 
-def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, scratch: Path | None = None) -> float:
+def val_metric(
+    weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, scratch: Path | None = None
+) -> float:
     """The task's Ultralytics metric of ``weights`` on ``data``'s val split: mAP50-95 (box, mask, pose or
     rotated box), or top-1 accuracy for classify (val at conf 0.001, NMS IoU 0.7, as REPORT's figures are)."""
     import torch
@@ -147,7 +150,7 @@ def gate_score(weights: Path, ws: Workspace, imgsz: int) -> float:
     archive answers as its weights do; whether those weights are better is ``judge``'s question."""
     task, items = load_gate_set(ws.gate, ws.task)
     answers = reference_answers(weights, [item["image"] for item in items], imgsz)
-    return round(score_answers(task, items, answers), 4)
+    return round(task_of(task).gate_metric(items, answers), 4)
 
 
 def count_images(data: Path) -> int:
@@ -313,8 +316,10 @@ def _retrain(stack, options, out, steps: Steps, run, outcome: Outcome, dataset: 
         for name, data in (("holdout", ws.holdout), ("frozen", frozen_data)):
             if data is None or (name == "holdout" and ws.counts["holdout"] == 0):
                 continue
-            scores[f"{name}_incumbent"] = score(weights, data, task, imgsz, options.threads, root / "scratch")
-            scores[f"{name}_candidate"] = score(tuned.weights, data, task, imgsz, options.threads, root / "scratch")
+            scores[f"{name}_incumbent"] = val_metric(weights, data, task, imgsz, options.threads, root / "scratch")
+            scores[f"{name}_candidate"] = val_metric(
+                tuned.weights, data, task, imgsz, options.threads, root / "scratch"
+            )
             out(f"  {name}: incumbent {scores[f'{name}_incumbent']:.4f}, candidate {scores[f'{name}_candidate']:.4f}")
         run.metrics(scores)
         refusal = judge(scores, options, frozen_images, out)

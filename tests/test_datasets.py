@@ -16,7 +16,6 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from retraining.data import build_workspace
 from retraining.datasets import (
     DatasetError,
     export_labelstudio,
@@ -25,6 +24,7 @@ from retraining.datasets import (
     labelled_ids,
     subset,
 )
+from retraining.workspace import build_workspace
 from tests.helpers import ROOT
 
 W, H = 160, 120

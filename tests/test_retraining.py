@@ -13,10 +13,10 @@ import pytest
 from benchmarks.ct_demo import QUICK, Clock, run
 from gateway.metrics import GatewayMetrics
 from retraining.canary import arm_counts, decide
-from retraining.data import in_holdout, replay_items, split_labelled
 from retraining.pipeline import RetrainOptions, judge
 from retraining.tracking import runs
 from retraining.trigger import TriggerPolicy, due, load_triggers
+from retraining.workspace import in_holdout, replay_items, split_labelled
 from scripts import captures
 
 

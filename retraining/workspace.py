@@ -1,4 +1,4 @@
-"""The data of one retraining: what it trains on, what it is judged on, and what its drift reference is.
+"""The workspace of one retraining: the training, held-out and frozen sets it trains and is judged on, and its gate set.
 
 From the labelled captures (a dataset ``retraining.datasets`` exported and a person labelled) a
 retraining takes a held-out slice, chosen by a hash of each capture's id so a capture never moves
@@ -26,23 +26,25 @@ from pathlib import Path
 
 import yaml
 
-from quality.gate_metrics import METRICS, load_gate_set
+from quality.gate_sets import load_gate_set
+from quality.tasks import METRICS
 from retraining.datasets import labelled_ids, link
 from serving.yolo_files import MappingError, is_image_file, label_path, read_mapping
 
 HOLDOUT_SHARE = 0.2
 
 
-class DataError(Exception):
-    """Retraining data that cannot be used; the message names the file and the fix."""
+class WorkspaceError(Exception):
+    """A retraining's inputs (labelled captures, replayed training data, a frozen gate set) that cannot be laid out
+    into its workspace; the message names the file and the fix. (``DatasetError`` is the captures' datasets' own.)"""
 
 
 def _read(path: Path) -> dict:
-    """A data or gate yaml of the retraining's inputs; DataError naming it when it is not a readable mapping."""
+    """A data or gate yaml of the retraining's inputs; WorkspaceError naming it when it is not a readable mapping."""
     try:
         return read_mapping(path)
     except MappingError as exc:
-        raise DataError(f"{exc}: export or package the data again") from None
+        raise WorkspaceError(f"{exc}: export or package the data again") from None
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def split_labelled(dataset: Path, share: float = HOLDOUT_SHARE) -> tuple[list[st
     """(training ids, held-out ids) of the dataset's person-labelled captures; at least one of each when >= 2."""
     ids = sorted(labelled_ids(dataset))
     if not ids:
-        raise DataError(
+        raise WorkspaceError(
             f"{dataset}: no labelled captures: export them (scripts/captures.py export --format yolo --out "
             f"{dataset}), label them, and import the labels (scripts/captures.py import --dataset {dataset} ...)"
         )
@@ -120,7 +122,7 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
         return []
     train_data = Path(train_data)
     if not train_data.exists():
-        raise DataError(
+        raise WorkspaceError(
             f"{train_data}: the training data the archive records (--train-data) is gone: restore it, or package "
             "the incumbent again with --train-data pointing at it"
         )
@@ -131,7 +133,7 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
     else:
         data_yaml = train_data if train_data.is_file() else next(iter(sorted(train_data.glob("*.yaml"))), None)
         if data_yaml is None:
-            raise DataError(f"{train_data}: no data yaml: --train-data takes the dataset's yaml file")
+            raise WorkspaceError(f"{train_data}: no data yaml: --train-data takes the dataset's yaml file")
         for folder in split_dirs(data_yaml, "train"):
             pool += [
                 Item(image, label_path(image)) for image in sorted(p for p in folder.rglob("*") if is_image_file(p))
@@ -139,7 +141,7 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
     return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
-def gate_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
+def frozen_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
     """The incumbent's frozen gate set as items, and its gate.yaml (empty when the incumbent carries none)."""
     if gate_dir is None:
         return [], {}
@@ -195,7 +197,7 @@ def build_workspace(
     train_ids, held_ids = split_labelled(dataset, share)
     captures, held = dataset_items(dataset, task, train_ids), dataset_items(dataset, task, held_ids)
     replay = replay_items(train_data, task, round(len(captures) * replay_ratio), seed)
-    frozen, _ = gate_items(gate_dir)
+    frozen, _ = frozen_items(gate_dir)
     extra = {k: v for k, v in _read(dataset / "data.yaml").items()
              if k in ("kpt_shape", "flip_idx", "kpt_names")} if task != "classify" else {}  # fmt: skip
     counts = {"captures": len(captures), "holdout": len(held), "replay": len(replay), "frozen": len(frozen)}
