@@ -38,7 +38,7 @@ import httpx
 from models.generate_dataset import generate, sample
 from operations.stack import Stack, running
 from retraining.captured import export, import_into
-from retraining.datasets import CAPTURES_FILE
+from retraining.datasets.layout import CAPTURES_FILE
 from retraining.pipeline import RetrainOptions, retrain, val_metric
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,6 +16,11 @@ import numpy as np
 Points = Sequence[Sequence[float]]
 
 
+def clip_unit(value: float) -> float:
+    """A normalised coordinate cut to [0, 1]."""
+    return min(max(float(value), 0.0), 1.0)
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two axis-aligned boxes [x1, y1, x2, y2]."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

@@ -19,6 +19,7 @@ from quality.geometry import (
     box_iou,
     box_polygon,
     clip_box,
+    clip_unit,
     envelope,
     obb_corners,
     polygon_area,
@@ -29,13 +30,9 @@ from quality.geometry import (
 Kpt = tuple[list[int], dict[int, list[str]]]  # (kpt_shape, each class's keypoint names in label order)
 
 
-def _unit(value: float) -> float:
-    return min(max(float(value), 0.0), 1.0)
-
-
 def _normalised(points: list, width: int, height: int) -> list[float]:
     """Pixel points as a label's flat, normalised x y list, clipped to the image."""
-    return [_unit(c / s) for x, y in points for c, s in ((x, width), (y, height))]
+    return [clip_unit(c / s) for x, y in points for c, s in ((x, width), (y, height))]
 
 
 class LabelTask(ABC):
@@ -95,7 +92,7 @@ class DetectTask(LabelTask):
 
     def label_values(self, found: dict, width: int, height: int, kpt: Kpt | None = None) -> list[float]:
         """An answer's object as the numbers of its YOLO label line (after the class id), normalised and clipped."""
-        x1, y1, x2, y2 = (_unit(v / s) for v, s in zip(found["bbox"], (width, height, width, height), strict=True))
+        x1, y1, x2, y2 = (clip_unit(v / s) for v, s in zip(found["bbox"], (width, height, width, height), strict=True))
         return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
 
 
@@ -160,7 +157,7 @@ class PoseTask(DetectTask):
         for name in layout[int(found["class_id"])]:
             k = answered.get(name)
             if ndim == 2:
-                values += [_unit(k["x"] / width), _unit(k["y"] / height)] if k else [0.0, 0.0]
+                values += [clip_unit(k["x"] / width), clip_unit(k["y"] / height)] if k else [0.0, 0.0]
             elif k and self.is_visible(k, width, height):
                 values += [k["x"] / width, k["y"] / height, 2]
             else:

@@ -28,7 +28,7 @@ import yaml
 
 from quality.gate_sets import load_gate_set
 from quality.tasks import METRICS
-from retraining.datasets import labelled_ids, link
+from retraining.datasets.layout import labelled_ids, link
 from serving.yolo_files import MappingError, is_image_file, label_path, read_mapping
 
 HOLDOUT_SHARE = 0.2

@@ -1,4 +1,4 @@
-"""Captured images as datasets (retraining/datasets.py): YOLO exports Ultralytics trains on unchanged, Label Studio
+"""Captured images as datasets (retraining/datasets/): YOLO exports Ultralytics trains on unchanged, Label Studio
 tasks, corrected labels coming back (Label Studio round trips for every task, YOLO label folders), bad labels
 refused whole, and subsets."""
 
@@ -16,14 +16,11 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from retraining.datasets import (
-    DatasetError,
-    export_labelstudio,
-    export_yolo,
-    import_labels,
-    labelled_ids,
-    subset,
-)
+from retraining.datasets.imports import import_labels
+from retraining.datasets.labelstudio import export_labelstudio
+from retraining.datasets.layout import DatasetError, labelled_ids
+from retraining.datasets.subsets import subset
+from retraining.datasets.yolo import export_yolo
 from retraining.workspace import build_workspace
 from tests.helpers import ROOT
 
