@@ -92,7 +92,7 @@ def ensure_dataset(task: str, seed: int, counts: dict[str, int], root: Path) -> 
     out = root / gt.dataset_name(task, seed, counts, size)
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["counts"] == {s: counts.get(s, 0) for s in gt.SPLITS}:
-        return out if task == "classify" else out / "data.yaml"
+        return out if task_of(task).classifies else out / "data.yaml"
     print(f"generating {out} ...", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return gt.generate(task, out, seed, counts, size)
@@ -216,7 +216,7 @@ def run_task(task: str, args: argparse.Namespace, command: str) -> dict:
             "seed": args.seed,
             "model": spec["model"],
             "dataset": {
-                "name": Path(data).parent.name if task != "classify" else Path(data).name,
+                "name": Path(data).parent.name if not task_of(task).classifies else Path(data).name,
                 "size": list(gt.SIZES.get(task, gt.DEFAULT_SIZE)),
                 "counts": counts,
                 "classes": list(gt.CLASSES[task]),

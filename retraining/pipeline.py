@@ -139,7 +139,7 @@ def val_metric(
         plots=False, verbose=False, workers=0, save_json=False, name="val", exist_ok=True,
         project=str(scratch or Path(tempfile.gettempdir())),  # what val writes stays out of the data's folder
     )  # fmt: skip
-    if task == "classify":
+    if task_of(task).classifies:
         return round(float(metrics.top1), 4)
     return round(float(getattr(metrics, {"segment": "seg", "pose": "pose"}.get(task, "box")).map), 4)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from quality.gate_sets import load_gate_set
-from quality.tasks import METRICS
+from quality.tasks import METRICS, task_of
 from retraining.datasets.layout import labelled_ids, link
 from serving.yolo_files import MappingError, is_image_file, label_path, read_mapping
 
@@ -95,7 +95,7 @@ def dataset_items(dataset: Path, task: str, ids: list[str] | None = None) -> lis
     dataset = Path(dataset)
     wanted = set(ids) if ids is not None else None
     items = []
-    if task == "classify":
+    if task_of(task).classifies:
         for image in sorted((dataset / "train").glob("*/*")):
             if is_image_file(image) and (wanted is None or image.stem in wanted):
                 items.append(Item(image, None, image.parent.name))
@@ -127,7 +127,7 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
             "the incumbent again with --train-data pointing at it"
         )
     pool = []
-    if task == "classify":
+    if task_of(task).classifies:
         folder = train_data / "train" if (train_data / "train").is_dir() else train_data
         pool = [Item(p, None, p.parent.name) for p in sorted(folder.glob("*/*")) if is_image_file(p)]
     else:
@@ -147,7 +147,7 @@ def frozen_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
         return [], {}
     spec = _read(gate_dir / "gate.yaml")
     task, items = load_gate_set(gate_dir)
-    if task == "classify":
+    if task_of(task).classifies:
         return [Item(item["image"], None, item["class"]) for item in items], spec
     found = []
     for item in items:
@@ -160,7 +160,7 @@ def _place(items: list[Item], folder: Path, prefix: str, task: str) -> int:
     """Link each item into ``folder`` (images/ + labels/, or <class>/ for classify), names prefixed."""
     for n, item in enumerate(items):
         name = f"{prefix}{n:05d}_{item.image.stem}"
-        if task == "classify":
+        if task_of(task).classifies:
             link(item.image, folder / str(item.cls) / f"{name}{item.image.suffix.lower()}")
             continue
         link(item.image, folder / "images" / f"{name}{item.image.suffix.lower()}")
@@ -199,9 +199,9 @@ def build_workspace(
     replay = replay_items(train_data, task, round(len(captures) * replay_ratio), seed)
     frozen, _ = frozen_items(gate_dir)
     extra = {k: v for k, v in _read(dataset / "data.yaml").items()
-             if k in ("kpt_shape", "flip_idx", "kpt_names")} if task != "classify" else {}  # fmt: skip
+             if k in ("kpt_shape", "flip_idx", "kpt_names")} if not task_of(task).classifies else {}  # fmt: skip
     counts = {"captures": len(captures), "holdout": len(held), "replay": len(replay), "frozen": len(frozen)}
-    if task == "classify":
+    if task_of(task).classifies:
         _place(captures, root / "train-set" / "train", "c", task)
         _place(replay, root / "train-set" / "train", "r", task)
         _place(held, root / "train-set" / "val", "h", task)
@@ -226,7 +226,7 @@ def build_workspace(
         )
     gate = root / "gate"
     _place(frozen + held, gate, "g", task)
-    if task != "classify":
+    if not task_of(task).classifies:
         _data_file(gate / "data.yaml", gate, "images", "images", names, extra)
     return Workspace(root, task, names, train, holdout, frozen_data, gate, counts)
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from quality.geometry import clip_unit
+from quality.tasks import task_of
 from retraining.datasets.labelstudio import read_labelstudio
 from retraining.datasets.layout import (
     DATA_FILE,
@@ -74,7 +75,7 @@ def _read_yolo_folder(
             unknown.append(path.name)
             continue
         lines = [(n, t.split()) for n, t in enumerate(path.read_text().splitlines(), 1) if t.strip()]
-        if task == "classify":
+        if task_of(task).classifies:
             if len(lines) != 1 or len(lines[0][1]) != 1:
                 raise DatasetError(f"{path}: a classify label is one line holding one class id: fix the file")
             number, (value,) = lines[0]
@@ -100,7 +101,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
     names = class_names(names)
     dataset, source = Path(dataset).resolve(), Path(source)
     kpt = None
-    if task != "classify":
+    if not task_of(task).classifies:
         data = read_dataset_yaml(dataset / DATA_FILE)
         if class_names(data.get("names", {})) != names:
             raise DatasetError(
@@ -126,7 +127,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
             f"{source}: no such folder or file: pass a folder of YOLO labels or a Label Studio JSON export"
         )
     for capture, label in labels.items():
-        if task == "classify":
+        if task_of(task).classifies:
             for path in images[capture]:
                 target = path.parent.parent / label / path.name
                 if target != path:

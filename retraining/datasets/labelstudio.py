@@ -80,7 +80,7 @@ def _ls_results(row: dict, task: str) -> list[dict]:
             "score": score,
         }
 
-    if task == "classify":
+    if task_of(task).classifies:
         top = answer_items(answer)[0]
         return [result(0, "choices", {"choices": [top["class"]]}, top["confidence"])]
     results = []
@@ -111,7 +111,7 @@ def labeling_config(task: str, names: dict[int, str], keypoint_names: Iterable[s
     pose) on the image (to_name ``image``) that the tasks' predictions and import_labels use."""
     check_task(task)
     labels = "".join(f"\n    <Label value={quoteattr(n)}/>" for n in class_names(names).values())
-    if task == "classify":
+    if task_of(task).classifies:
         choices = "".join(f"\n    <Choice value={quoteattr(n)}/>" for n in class_names(names).values())
         control = f'  <Choices name="label" toName="image" choice="single" showInLine="true">{choices}\n  </Choices>'
     elif task == "segment":
@@ -301,7 +301,7 @@ def _ls_labels(
             polygons.append((ids[label], xy))
         else:
             boxes.append((ids[label], xy, item.get("id")))
-    if task == "classify":
+    if task_of(task).classifies:
         if len(choices) != 1:
             raise DatasetError(
                 f"{where}: {len(choices)} classes chosen where a classify label has one: fix it in Label Studio"

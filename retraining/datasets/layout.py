@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quality.tasks import task_of
 from serving.yolo_contract import TASKS
 from serving.yolo_files import MappingError, is_image_file, media_suffix, read_mapping
 
@@ -198,7 +199,7 @@ def labelled_ids(dataset: Path) -> dict[str, dict]:
 def dataset_images(dataset: Path, task: str) -> dict[str, list[Path]]:
     """The dataset's images by id (classify: the image in train/ and in val/)."""
     found: dict[str, list[Path]] = {}
-    if task == "classify":
+    if task_of(task).classifies:
         files = [p for split in ("train", "val") for p in sorted((dataset / split).glob("*/*"))]
     else:
         files = sorted((dataset / "images").glob("*"))
@@ -206,7 +207,7 @@ def dataset_images(dataset: Path, task: str) -> dict[str, list[Path]]:
         if is_image_file(path):
             found.setdefault(path.stem, []).append(path)
     if not found:
-        layout = "train/<class>/" if task == "classify" else "images/"
+        layout = "train/<class>/" if task_of(task).classifies else "images/"
         raise DatasetError(f"{dataset}: no images under {layout}: import into a dataset that export_yolo wrote")
     return found
 

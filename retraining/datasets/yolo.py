@@ -112,7 +112,7 @@ def export_yolo(
     out = Path(out).resolve()
     good, skipped = successful_rows(rows, task)
     labelled = labelled_ids(out)
-    if task == "classify":
+    if task_of(task).classifies:
         return _export_classify(good, skipped, read_blob, out, names, labelled)
     data_file = out / DATA_FILE
     existing = read_dataset_yaml(data_file) if data_file.is_file() else {}
