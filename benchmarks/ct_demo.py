@@ -38,8 +38,8 @@ import httpx
 from models.generate_dataset import generate, sample
 from operations.stack import Stack, running
 from retraining.captured import export, import_into
-from retraining.datasets import CAPTURES_FILE
-from retraining.pipeline import RetrainOptions, retrain, score
+from retraining.datasets.layout import CAPTURES_FILE
+from retraining.pipeline import RetrainOptions, retrain, val_metric
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SEED, EVAL_SEED, STREAM_SEED, CANARY_SEED, TRAIN_SEED = 9001, 9002, 9003, 9006, 0
@@ -245,8 +245,8 @@ def run(plan: Plan, work: Path, clock: Clock) -> dict:
     clock.say(f"evaluate: incumbent 2.0 and candidate {outcome.candidate} on {plan.holdout} held-out images of seed "
               f"{EVAL_SEED}, defocused and clean")  # fmt: skip
     for name, data in evals.items():
-        figures[f"{name}_incumbent"] = score(incumbent, data, "detect", plan.imgsz_eval, scratch=work)
-        found = score(candidate, data, "detect", plan.imgsz_eval, scratch=work) if candidate.exists() else 0.0
+        figures[f"{name}_incumbent"] = val_metric(incumbent, data, "detect", plan.imgsz_eval, scratch=work)
+        found = val_metric(candidate, data, "detect", plan.imgsz_eval, scratch=work) if candidate.exists() else 0.0
         figures[f"{name}_candidate"] = found
         clock.say(
             f"  {name}: incumbent {figures[f'{name}_incumbent']:.4f}, candidate {figures[f'{name}_candidate']:.4f}"

@@ -40,9 +40,10 @@ import numpy as np
 
 from drift.calibrate import HELD_OUT_SHARE, build_reference
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Detector, Reference, class_total
-from drift.offline import answers, handler_for, image_files, signals_of
+from drift.offline import answers, handler_for, signals_of
 from models.generate_dataset import DEFAULT_SIZE, encode_jpeg, image_rng, render
 from serving.yolo_contract import CLASS_MIX, DRIFT_REFERENCE_FILE
+from serving.yolo_files import image_files
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SEED, UNSEEN_SEED, SHIFTED_SEED = 9001, 9002, 9003

@@ -44,7 +44,7 @@ from containers.engine import (
 from operations.archives import DeployError
 from operations.releases import deploy, load_version, rollback
 from operations.stack import Stack, free_port, wait_until
-from quality.gate_metrics import box_iou as iou
+from quality.geometry import box_iou as iou
 from serving.yolo_contract import answer_problems
 
 PROJECT = "yolo-compose-test"

@@ -17,14 +17,13 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from serving.yolo_files import archive_config  # noqa: E402
+
 SERVING = Path(__file__).resolve().parent.parent / "serving"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def handler_for(archive: Path, unpack_to: Path):
     """The handler of ``archive``, initialised from its files unpacked into ``unpack_to``."""
-    import yaml
-
     if str(SERVING) not in sys.path:
         sys.path.insert(0, str(SERVING))  # the handler's modules import each other flat, as inside the .mar
     from ts.context import Context
@@ -34,7 +33,7 @@ def handler_for(archive: Path, unpack_to: Path):
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(unpack_to)
     manifest = json.loads((unpack_to / "MAR-INF" / "MANIFEST.json").read_text())
-    config = yaml.safe_load((unpack_to / "model-config.yaml").read_text())
+    config = archive_config(archive)
     context = Context(
         manifest["model"]["modelName"], str(unpack_to), manifest, 1, None, "0.12.0", model_yaml_config=config
     )
@@ -51,11 +50,6 @@ def answers(handler, images: list[bytes], headers: dict[str, str] | None = None)
     handler.context.request_ids = {i: f"req-{i}" for i in range(len(images))}
     rows = [{"body": data} for data in images]
     return handler.postprocess(handler.inference(handler.preprocess(rows)))
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The images under ``folder`` (recursively), in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def signals_of(handler, images: Iterable[bytes]) -> tuple[list[dict], list[str]]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from drift.calibrate import build_reference
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Reference
-from drift.offline import handler_for, image_files, signals_of
+from drift.offline import handler_for, signals_of
 from serving.yolo_contract import DRIFT_REFERENCE_FILE
+from serving.yolo_files import image_files
 
 ADVISED_IMAGES = 1000
 MIN_IMAGES = 200  # below this the calibration half cannot support any useful threshold

@@ -126,8 +126,8 @@ def predict_gateway(
     return preds, model_info
 
 
-def score(items: list[dict], preds: list[list[tuple]], names: list[str]) -> dict:
-    """Pair ground truth with predictions per image and compute the metrics."""
+def map_metrics(items: list[dict], preds: list[list[tuple]], names: list[str]) -> dict:
+    """Pair ground truth with predictions per image and compute the mAP and precision/recall metrics."""
     return detection_metrics([{"gt": it["gt"], "pred": p} for it, p in zip(items, preds, strict=True)], names)
 
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         preds = predict_local(args.weights, items, args.imgsz, args.threads)
         result.update(source="local", weights=str(args.weights), imgsz=args.imgsz)
-    result.update(score(items, preds, names))
+    result.update(map_metrics(items, preds, names))
     if args.check_ultralytics and not args.gateway:
         result["ultralytics_val"] = ultralytics_val(args.weights, args.data, args.imgsz, args.split, args.threads)
     text = json.dumps(result, indent=2)

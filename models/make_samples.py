@@ -168,8 +168,9 @@ def build(
 def write_gate(out: Path, weights: list[Path], imgsz: int, conf: float) -> float:
     """gate.yaml: the lowest recall any weights reach on the samples and their re-encodings, less GATE_MARGIN."""
     sys.path.insert(0, str(ROOT))
-    from quality import gate_metrics as gm
-    from quality.reference import reference_answers
+    from quality import gate_scoring, gate_sets
+    from quality.tasks import task_of
+    from quality.ultralytics_answers import reference_answers
 
     (out / "gate.yaml").write_text("task: detect\nmetric: recall\nthreshold: 0.0\n")  # provisional, to load
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,11 +178,11 @@ def write_gate(out: Path, weights: list[Path], imgsz: int, conf: float) -> float
         measured = {}
         for w in weights:
             for label, gate_dir in (("as written", out), (f"JPEG q{REENCODE_QUALITY}", copy)):
-                task, items = gm.load_gate_set(gate_dir)
+                task, items = gate_sets.load_gate_set(gate_dir)
                 answers = reference_answers(w, [i["image"] for i in items], imgsz=imgsz, conf=conf)
-                measured[f"{w.relative_to(ROOT)}, {label}"] = gm.score(task, items, answers)
+                measured[f"{w.relative_to(ROOT)}, {label}"] = task_of(task).gate_metric(items, answers)
     lowest = min(measured.values())
-    threshold = gm.threshold_from(lowest, margin=GATE_MARGIN)
+    threshold = gate_scoring.threshold_from(lowest, margin=GATE_MARGIN)
     lines = "".join(f"#   {k}: {v:.4f}\n" for k, v in measured.items())
     (out / "gate.yaml").write_text(
         "# Gate set of our own defect detector: the labelled samples beside this file (images here, YOLO\n"

@@ -8,7 +8,7 @@ briefly on CPU, and publish
   models/weights/tasks/<task>/training.json  command, seed, data counts, epochs, imgsz, wall time, val metrics
   samples/gates/<task>/                       held-out labelled images + gate.yaml (task, metric, threshold)
 
-The gate threshold is the gate metric (quality/gate_metrics.py) of YOLO(best.pt).predict on
+The gate threshold is the gate metric (quality/tasks.py) of YOLO(best.pt).predict on
 the gate set, minus 0.1, floored to a multiple of 0.05 and at most 0.9: a redeployed archive
 must answer about as well as the model it was built from.
 
@@ -33,8 +33,9 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 import torch  # noqa: E402
 
 from models import generate_tasks as gt  # noqa: E402
-from quality import gate_metrics as gm  # noqa: E402
-from quality.reference import reference_answers  # noqa: E402
+from quality import gate_scoring, gate_sets  # noqa: E402
+from quality.tasks import METRICS, task_of  # noqa: E402
+from quality.ultralytics_answers import reference_answers  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 ROOT = MODELS_DIR.parent
@@ -91,7 +92,7 @@ def ensure_dataset(task: str, seed: int, counts: dict[str, int], root: Path) -> 
     out = root / gt.dataset_name(task, seed, counts, size)
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["counts"] == {s: counts.get(s, 0) for s in gt.SPLITS}:
-        return out if task == "classify" else out / "data.yaml"
+        return out if task_of(task).classifies else out / "data.yaml"
     print(f"generating {out} ...", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return gt.generate(task, out, seed, counts, size)
@@ -153,20 +154,20 @@ def publish_weights(save_dir: Path, dest: Path) -> Path:
 
 
 def gate_images(gate_dir: Path) -> list[Path]:
-    """The gate set's images in the order gate_metrics.load_gate_set reads them."""
-    return [item["image"] for item in gm.load_gate_set(gate_dir)[1]]
+    """The gate set's images in the order gate_sets.load_gate_set reads them."""
+    return [item["image"] for item in gate_sets.load_gate_set(gate_dir)[1]]
 
 
 def build_gate(task: str, weights: Path, gate_dir: Path, seed: int, imgsz: int) -> dict:
     """Write the held-out gate set, measure the model on it and write gate.yaml; returns the gate record."""
     shutil.rmtree(gate_dir, ignore_errors=True)
     gt.write_labelled_set(task, gate_dir, seed, GATE_SPLIT, GATE_COUNT, SPECS[task]["gate_size"])
-    metric = gm.METRICS[task]
+    metric = METRICS[task]
     (gate_dir / "gate.yaml").write_text(f"task: {task}\nmetric: {metric}\nthreshold: 0.0\n")  # provisional, to load
-    _, items = gm.load_gate_set(gate_dir)
+    _, items = gate_sets.load_gate_set(gate_dir)
     answers = reference_answers(weights, [i["image"] for i in items], imgsz=imgsz, conf=0.25)
-    measured = gm.score(task, items, answers)
-    threshold = gm.threshold_from(measured)
+    measured = task_of(task).gate_metric(items, answers)
+    threshold = gate_scoring.threshold_from(measured)
     (gate_dir / "gate.yaml").write_text(
         f"# {metric} of YOLO(best.pt).predict(conf=0.25, imgsz={imgsz}) here was {measured:.4f} when trained\n"
         f"# (models/train_tasks.py); threshold = that - 0.1, floored to 0.05, at most 0.9.\n"
@@ -215,7 +216,7 @@ def run_task(task: str, args: argparse.Namespace, command: str) -> dict:
             "seed": args.seed,
             "model": spec["model"],
             "dataset": {
-                "name": Path(data).parent.name if task != "classify" else Path(data).name,
+                "name": Path(data).parent.name if not task_of(task).classifies else Path(data).name,
                 "size": list(gt.SIZES.get(task, gt.DEFAULT_SIZE)),
                 "counts": counts,
                 "classes": list(gt.CLASSES[task]),

@@ -232,7 +232,7 @@ def stage_gate_set(
     any gate set.
     """
     from operations.archives import GATE_DIR
-    from quality.gate_metrics import GATE_YAML, METRICS, GateSetError, find_gate_set, gate_items, write_gate_set
+    from quality.gate_sets import GATE_YAML, METRICS, GateSetError, find_gate_set, gate_items, write_gate_set
 
     try:
         gate = find_gate_set(source, info.task)
@@ -284,7 +284,7 @@ def no_threshold(source: Path, gate_yaml: Path) -> SystemExit:
 
 def precheck_gate_set(source: Path, threshold: float | None) -> None:
     """What can be refused before the weights are loaded: a gate set that is not there, or has no threshold."""
-    from quality.gate_metrics import GATE_YAML, GateSetError, read_gate_yaml
+    from quality.gate_sets import GATE_YAML, GateSetError, read_gate_yaml
 
     if not source.exists():
         raise SystemExit(f"error: --gate-data {source} does not exist")
@@ -304,7 +304,7 @@ def reuse_current_gate(
     (same task, and its classes are the weights'); (staged set, archive name), or None, saying why when one
     was there but did not fit."""
     from operations.archives import DeployError, current_archive, extract_gate_set
-    from quality.gate_metrics import GateSetError, find_gate_set
+    from quality.gate_sets import GateSetError, find_gate_set
 
     current = current_archive(store, name)
     if current is None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quality.gate_metrics import gate_spec, load_gate_set, score
+from quality.gate_sets import gate_spec, load_gate_set
+from quality.tasks import task_of
 from serving.yolo_contract import answer_problems
 
 Predict = Callable[[bytes], dict]
@@ -40,7 +41,7 @@ def quality_gate(predict: Predict, version: str, gate_dir: Path) -> tuple[dict, 
             f"{item['image'].name}: {p}" for p in answer_problems(answer, version, item["width"], item["height"])
         ]
         answers.append(answer)
-    value = score(task, items, answers)
+    value = task_of(task).gate_metric(items, answers)
     result = {"task": task, "metric": spec.get("metric"), "value": round(value, 4), "threshold": spec["threshold"]}
     if value < float(spec["threshold"]):
         problems.append(f"{spec.get('metric', 'score')} {value:.3f} on {len(items)} gate images < {spec['threshold']}")

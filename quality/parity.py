@@ -1,6 +1,6 @@
 """How far a served answer is from Ultralytics' own prediction on the same image, per task.
 
-``compare`` pairs the served detections with the reference ones (``quality/reference.py``:
+``compare`` pairs the served detections with the reference ones (``quality/ultralytics_answers.py``:
 ``YOLO(weights).predict`` in the API's JSON shape) and reports the worst figure of each kind,
 so tests can hold them to the parity targets and ``REPORT.md`` can quote them:
 
@@ -14,10 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from quality.gate_metrics import box_iou, mask_iou, rasterise, rotated_iou
-from serving.yolo_contract import TASKS
+from quality.tasks import LabelTask, task_of
+from serving.yolo_contract import TASKS, answer_items
 
 # The parity targets of issue 13: pt archives, and exported formats (OpenVINO, ONNX, TorchScript).
 STRICT = {"box_iou": 0.99, "conf": 0.002, "mask_iou": 0.97, "keypoint_px": 1.0, "obb_iou": 0.99}
@@ -25,6 +23,7 @@ EXPORTED = {"iou": 0.95, "conf": 0.02, "min_conf": 0.25}
 # An exported model may score a result at 0.25 a little lower: ask it down to 0.25 - 0.02, so a
 # reference result at the threshold still finds its match within the confidence target.
 EXPORTED_QUERY_CONF = round(EXPORTED["min_conf"] - EXPORTED["conf"], 2)
+HIGHER_IS_WORSE = ("conf_diff", "keypoint_px")  # every other figure is an overlap: lower is worse
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Worst:
         for name in ("box_iou", "mask_iou", "obb_iou"):
             if getattr(other, name) is not None:
                 self.low(name, getattr(other, name))
-        for name in ("conf_diff", "keypoint_px"):
+        for name in HIGHER_IS_WORSE:
             if getattr(other, name) is not None:
                 self.high(name, getattr(other, name))
         self.count_diff = max(self.count_diff, other.count_diff)
@@ -66,31 +65,13 @@ class Worst:
         return self
 
 
-def _clipped(box: list[float], size: tuple[int, int]) -> list[float]:
-    """A box cut to the image, as every served box is (RT-DETR's predictor leaves them hanging over the edge)."""
-    width, height = size
-    x1, y1, x2, y2 = box
-    return [min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height)]
-
-
-def _pair_iou(task: str, a: dict, b: dict, size: tuple[int, int]) -> float:
-    if task == "obb":
-        return rotated_iou(a["corners"], b["corners"])
-    if task == "segment":
-        width, height = size
-        return mask_iou(
-            rasterise(a.get("polygons") or [], width, height), rasterise(b.get("polygons") or [], width, height)
-        )
-    return box_iou(_clipped(a["bbox"], size), _clipped(b["bbox"], size))
-
-
-def _match(task: str, served: list[dict], reference: list[dict], size: tuple[int, int]) -> list[tuple[dict, dict]]:
+def _match(task: LabelTask, served: list[dict], reference: list[dict], size: tuple[int, int]):
     """Greedy best-first pairs of the same class, each reference result to its best free served one."""
     free = list(served)
     pairs = []
     for ref in sorted(reference, key=lambda d: -d["confidence"]):
         candidates = [
-            (_pair_iou(task, ref, s, size), -abs(s["confidence"] - ref["confidence"]), i)
+            (task.answer_overlap(ref, s, *size), -abs(s["confidence"] - ref["confidence"]), i)
             for i, s in enumerate(free)
             if s["class_id"] == ref["class_id"]
         ]
@@ -104,45 +85,36 @@ def _match(task: str, served: list[dict], reference: list[dict], size: tuple[int
 def compare(task: str, served: dict, reference: dict, strict: bool) -> Worst:
     """Worst figures between one served answer and the reference answer for the same image."""
     worst = Worst()
+    labels = task_of(task)
     size = (served["image"]["width"], served["image"]["height"])
     if size != (reference["image"]["width"], reference["image"]["height"]):
         worst.problems.append(f"image size {size} served, {reference['image']} by Ultralytics")
-    if task == "classify":
-        top_served = [c["class_id"] for c in served["classifications"][:5]]
-        top_reference = [c["class_id"] for c in reference["classifications"][:5]]
-        worst.top5_same = top_served == top_reference
-        for s, r in zip(served["classifications"], reference["classifications"], strict=False):
+    served_items, reference_items = answer_items(served), answer_items(reference)
+    if labels.classifies:
+        top_served = [c["class_id"] for c in served_items[:5]]
+        worst.top5_same = top_served == [c["class_id"] for c in reference_items[:5]]
+        for s, r in zip(served_items, reference_items, strict=False):
             worst.high("conf_diff", abs(s["confidence"] - r["confidence"]))
         worst.pairs = len(top_served)
         return worst
-    ref_dets = reference["detections"]
     if not strict:
-        ref_dets = [d for d in ref_dets if d["confidence"] >= EXPORTED["min_conf"]]
+        reference_items = [d for d in reference_items if d["confidence"] >= EXPORTED["min_conf"]]
     else:
-        worst.count_diff = abs(len(served["detections"]) - len(ref_dets))
-    pairs = _match(task, served["detections"], ref_dets, size)
-    worst.unmatched = len(ref_dets) - len(pairs)
+        worst.count_diff = abs(len(served_items) - len(reference_items))
+    pairs = _match(labels, served_items, reference_items, size)
+    worst.unmatched = len(reference_items) - len(pairs)
     worst.pairs = len(pairs)
     for s, r in pairs:
         worst.high("conf_diff", abs(s["confidence"] - r["confidence"]))
-        if task != "obb":  # an obb's axis-aligned box is clipped when served, not by Ultralytics: compare corners
-            worst.low("box_iou", box_iou(s["bbox"], _clipped(r["bbox"], size)))
-        if task == "segment":
-            worst.low("mask_iou", _pair_iou(task, s, r, size))
-        if task == "obb":
-            worst.low("obb_iou", rotated_iou(s["corners"], r["corners"]))
-        if task == "pose":
-            distances = [
-                np.hypot(a["x"] - b["x"], a["y"] - b["y"]) for a, b in zip(s["keypoints"], r["keypoints"], strict=True)
-            ]
-            worst.high("keypoint_px", float(max(distances, default=0.0)))
+        for name, value in labels.parity_figures(s, r, *size).items():
+            (worst.high if name in HIGHER_IS_WORSE else worst.low)(name, value)
     return worst
 
 
 def violations(task: str, worst: Worst, strict: bool) -> list[str]:
     """Which parity targets ``worst`` misses; empty when it meets them all."""
     found = list(worst.problems)
-    if task == "classify":
+    if task_of(task).classifies:
         if not worst.top5_same:
             found.append("top-5 classes differ")
         limit = STRICT["conf"] if strict else EXPORTED["conf"]

@@ -15,7 +15,10 @@ from gateway.capture.store import CaptureStore
 from gateway.state import StateError, open_store
 from operations.archives import DeployError, archive_for, extract_source_weights
 from operations.stack import Stack, current_version
-from retraining.datasets import ExportSummary, ImportSummary, export_labelstudio, export_yolo, import_labels
+from retraining.datasets.imports import import_labels
+from retraining.datasets.labelstudio import export_labelstudio
+from retraining.datasets.layout import ExportSummary, ImportSummary
+from retraining.datasets.yolo import export_yolo
 
 FORMATS = ("yolo", "labelstudio")
 

@@ -4,7 +4,7 @@
 
 1. the incumbent: the default version's archive, the weights it was packaged from, its gate set
    and the training data it records (``package_mar.sh --train-data``);
-2. the data (``retraining.data``): the labelled captures less a held-out slice, mixed with a
+2. the data (``retraining.workspace``): the labelled captures less a held-out slice, mixed with a
    replay of the incumbent's training data (without one: the captures only, with a warning);
 3. a brief fine-tune of the incumbent's own weights (``retraining.finetune``);
 4. a comparison on the held-out captures and on the incumbent's frozen gate set: a candidate
@@ -25,14 +25,12 @@ import os
 import subprocess
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from gateway.capture.store import CaptureStore
 from gateway.state import open_store
@@ -40,13 +38,15 @@ from operations.archives import DeployError, archive_for, archive_lineage, extra
 from operations.history import record
 from operations.releases import promote, rollback, start_canary
 from operations.stack import ROOT, Stack, current_version
-from quality.gate_metrics import load_gate_set, threshold_from
-from quality.gate_metrics import score as score_answers
-from quality.reference import reference_answers
+from quality.gate_scoring import threshold_from
+from quality.gate_sets import load_gate_set
+from quality.tasks import task_of
+from quality.ultralytics_answers import reference_answers
 from retraining.canary import watch_canary
-from retraining.data import Workspace, build_workspace, split_dirs, write_gate_spec
 from retraining.tracking import DEFAULT_DIR, tracked_run
+from retraining.workspace import Workspace, build_workspace, split_dirs, write_gate_spec
 from serving.yolo_contract import VERSION_RE, version_order
+from serving.yolo_files import archive_config, image_files, media_suffix
 
 
 class RetrainError(Exception):
@@ -114,11 +114,6 @@ def stamped(out=print):
     return lambda line: out(f"[{time.perf_counter() - started:7.1f} s] {line}")
 
 
-def archive_config(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as zf:
-        return yaml.safe_load(zf.read("model-config.yaml")) or {}
-
-
 def next_version(stack: Stack, incumbent: str) -> str:
     """The incumbent's next minor version (2.0 -> 2.1) whose archive does not exist yet."""
     major, _, rest = incumbent.partition(".")
@@ -130,7 +125,9 @@ def next_version(stack: Stack, incumbent: str) -> str:
             return candidate
 
 
-def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, scratch: Path | None = None) -> float:
+def val_metric(
+    weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, scratch: Path | None = None
+) -> float:
     """The task's Ultralytics metric of ``weights`` on ``data``'s val split: mAP50-95 (box, mask, pose or
     rotated box), or top-1 accuracy for classify (val at conf 0.001, NMS IoU 0.7, as REPORT's figures are)."""
     import torch
@@ -142,7 +139,7 @@ def score(weights: Path, data: Path, task: str, imgsz: int, threads: int = 2, sc
         plots=False, verbose=False, workers=0, save_json=False, name="val", exist_ok=True,
         project=str(scratch or Path(tempfile.gettempdir())),  # what val writes stays out of the data's folder
     )  # fmt: skip
-    if task == "classify":
+    if task_of(task).classifies:
         return round(float(metrics.top1), 4)
     return round(float(getattr(metrics, {"segment": "seg", "pose": "pose"}.get(task, "box")).map), 4)
 
@@ -153,15 +150,13 @@ def gate_score(weights: Path, ws: Workspace, imgsz: int) -> float:
     archive answers as its weights do; whether those weights are better is ``judge``'s question."""
     task, items = load_gate_set(ws.gate, ws.task)
     answers = reference_answers(weights, [item["image"] for item in items], imgsz)
-    return round(score_answers(task, items, answers), 4)
+    return round(task_of(task).gate_metric(items, answers), 4)
 
 
 def count_images(data: Path) -> int:
     """Images in the val split of an Ultralytics data file (or a classify folder's val/)."""
-    from quality.gate_metrics import IMAGE_SUFFIXES
-
     folders = [data / "val"] if data.is_dir() else split_dirs(data, "val")
-    return sum(1 for folder in folders for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sum(len(image_files(folder)) for folder in folders)
 
 
 def alarm_time(stack: Stack, model: str, version: str) -> float | None:
@@ -191,8 +186,7 @@ def reference_images(stack: Stack, model: str, since: float | None, folder: Path
                 data = store.read(row)
             except FileNotFoundError:
                 continue
-            suffix = {"image/png": ".png", "image/webp": ".webp", "image/bmp": ".bmp"}.get(row["media_type"], ".jpg")
-            (folder / f"{row['id']}{suffix}").write_bytes(data)
+            (folder / f"{row['id']}{media_suffix(row['media_type'])}").write_bytes(data)
             written += 1
         return written
     finally:
@@ -322,8 +316,10 @@ def _retrain(stack, options, out, steps: Steps, run, outcome: Outcome, dataset: 
         for name, data in (("holdout", ws.holdout), ("frozen", frozen_data)):
             if data is None or (name == "holdout" and ws.counts["holdout"] == 0):
                 continue
-            scores[f"{name}_incumbent"] = score(weights, data, task, imgsz, options.threads, root / "scratch")
-            scores[f"{name}_candidate"] = score(tuned.weights, data, task, imgsz, options.threads, root / "scratch")
+            scores[f"{name}_incumbent"] = val_metric(weights, data, task, imgsz, options.threads, root / "scratch")
+            scores[f"{name}_candidate"] = val_metric(
+                tuned.weights, data, task, imgsz, options.threads, root / "scratch"
+            )
             out(f"  {name}: incumbent {scores[f'{name}_incumbent']:.4f}, candidate {scores[f'{name}_candidate']:.4f}")
         run.metrics(scores)
         refusal = judge(scores, options, frozen_images, out)

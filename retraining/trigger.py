@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.capture.policy import per_model
 from operations.history import read_history
 from operations.stack import Stack, current_version
-from retraining.datasets import labelled_ids
+from retraining.datasets.layout import labelled_ids
 
 
 class TriggerPolicy(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from operations.archives import DeployError
 from retraining.captured import FORMATS, captured_rows, export, import_into
-from retraining.datasets import DatasetError
+from retraining.datasets.layout import DatasetError
 from scripts.stack_args import stack_from_env, stack_options
 
 

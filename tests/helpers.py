@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from drift.offline import answers as answers_of  # noqa: E402
 from drift.offline import handler_for  # noqa: E402, F401 (the tests' way to run an archive)
 from operations.stack import Stack  # noqa: E402
-from quality.gate_metrics import box_iou as iou  # noqa: E402
+from quality.geometry import box_iou as iou  # noqa: E402
 from serving.yolo_contract import answer_problems  # noqa: E402
 
 SAMPLES = ROOT / "samples"

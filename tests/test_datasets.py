@@ -1,4 +1,4 @@
-"""Captured images as datasets (retraining/datasets.py): YOLO exports Ultralytics trains on unchanged, Label Studio
+"""Captured images as datasets (retraining/datasets/): YOLO exports Ultralytics trains on unchanged, Label Studio
 tasks, corrected labels coming back (Label Studio round trips for every task, YOLO label folders), bad labels
 refused whole, and subsets."""
 
@@ -16,14 +16,12 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from retraining.datasets import (
-    DatasetError,
-    export_labelstudio,
-    export_yolo,
-    import_labels,
-    labelled_ids,
-    subset,
-)
+from retraining.datasets.imports import import_labels
+from retraining.datasets.labelstudio import export_labelstudio
+from retraining.datasets.layout import DatasetError, labelled_ids
+from retraining.datasets.subsets import subset
+from retraining.datasets.yolo import export_yolo
+from retraining.workspace import build_workspace
 from tests.helpers import ROOT
 
 W, H = 160, 120
@@ -523,3 +521,27 @@ def test_subset_holds_only_the_ids(tmp_path):
     folder = subset(tmp_path / "c" / "yolo", [rows[1]["id"]], tmp_path / "cgate")
     assert sorted(p.name for p in (folder / "val").iterdir()) == sorted(NAMES["classify"].values())
     assert sorted(p.relative_to(folder).parts[0] for p in folder.glob("*/*/*.jpg")) == ["train", "val"]
+
+
+# ------------------------------------------------------------------------------------ into a retraining's data
+
+
+def test_a_labelled_tiff_capture_reaches_the_training_set(tmp_path):
+    """The export keeps a TIFF capture as .tiff; the retraining's data must read it back, not drop it."""
+    rows, blobs = captures("detect", count=2)
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(blobs[rows[1]["sha256"]])).save(tiff, "TIFF")
+    sha = hashlib.sha256(tiff.getvalue()).hexdigest()
+    blobs[sha] = tiff.getvalue()
+    rows[1] |= {"media_type": "image/tiff", "sha256": sha, "size": len(tiff.getvalue())}
+    export_yolo(rows, lambda row: blobs[row["sha256"]], tmp_path / "yolo", NAMES["detect"], "detect")
+    assert (tmp_path / "yolo" / "images" / f"{rows[1]['id']}.tiff").is_file()
+    person = tmp_path / "person"
+    person.mkdir()
+    for row in rows:
+        (person / f"{row['id']}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    import_labels(tmp_path / "yolo", person, NAMES["detect"], "detect")
+    ws = build_workspace(tmp_path / "ws", tmp_path / "yolo", "detect", NAMES["detect"], None, None)
+    assert ws.counts["captures"] + ws.counts["holdout"] == 2
+    placed = sorted(p.suffix for p in (tmp_path / "ws").glob("*/images/*"))
+    assert ".tiff" in placed

@@ -11,7 +11,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from quality import gate_metrics as gm  # noqa: E402
+from quality import gate_sets  # noqa: E402
+from quality.tasks import task_of  # noqa: E402
 from tests.helpers import ROOT, SAMPLES  # noqa: E402
 
 NAMES = {0: "scratch", 1: "dent", 2: "stain"}  # samples/data.yaml
@@ -109,22 +110,22 @@ LAYOUTS = [
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda f: f.__name__)
 def test_ultralytics_layouts_read_as_the_flat_set_does(tmp_path, layout):
     source = layout(tmp_path)
-    task, items = gm.load_gate_set(source, task="detect")  # no gate.yaml: the task is the caller's
+    task, items = gate_sets.load_gate_set(source, task="detect")  # no gate.yaml: the task is the caller's
     assert task == "detect"
-    _, flat = gm.load_gate_set(SAMPLES)  # images beside labels/, gate.yaml and data.yaml
+    _, flat = gate_sets.load_gate_set(SAMPLES)  # images beside labels/, gate.yaml and data.yaml
     assert by_image(items) == by_image(flat)
     assert sum(len(i["objects"]) for i in items) == 9
 
 
 def test_gate_yaml_task_wins_and_without_either_the_task_is_asked_for(tmp_path):
     source = ultralytics_split(tmp_path)
-    with pytest.raises(gm.GateSetError, match=f"write task: detect .* in {source / 'gate.yaml'}"):
-        gm.load_gate_set(source)
+    with pytest.raises(gate_sets.GateSetError, match=f"write task: detect .* in {source / 'gate.yaml'}"):
+        gate_sets.load_gate_set(source)
     (source / "gate.yaml").write_text("task: segment\n")
-    assert gm.find_gate_set(source, "detect").task == "segment"  # packaging then refuses the mismatch
+    assert gate_sets.find_gate_set(source, "detect").task == "segment"  # packaging then refuses the mismatch
     (source / "gate.yaml").write_text("task: detect\nmetric: top1\n")
-    with pytest.raises(gm.GateSetError, match="write metric: recall"):
-        gm.find_gate_set(source)
+    with pytest.raises(gate_sets.GateSetError, match="write metric: recall"):
+        gate_sets.find_gate_set(source)
 
 
 def copy_classify(dest: Path) -> None:
@@ -132,11 +133,11 @@ def copy_classify(dest: Path) -> None:
 
 
 def test_classify_takes_class_folders_or_ultralytics_val_then_test_split(tmp_path):
-    _, flat = gm.load_gate_set(CLASSIFY)
+    _, flat = gate_sets.load_gate_set(CLASSIFY)
     want = sorted((i["image"].name, i["class"]) for i in flat)
 
     def read(root: Path) -> list[tuple[str, str]]:
-        task, items = gm.load_gate_set(root, task="classify")
+        task, items = gate_sets.load_gate_set(root, task="classify")
         assert task == "classify"
         return sorted((i["image"].name, i["class"]) for i in items)
 
@@ -258,8 +259,8 @@ MISSING = [
 def test_each_missing_piece_is_named_with_its_path_and_the_fix(tmp_path, case):
     source, expected = case(tmp_path / "set")
     task = "classify" if case is classify_without_class_folders else "detect"
-    with pytest.raises(gm.GateSetError) as raised:
-        gm.load_gate_set(source, task=task)
+    with pytest.raises(gate_sets.GateSetError) as raised:
+        gate_sets.load_gate_set(source, task=task)
     message = str(raised.value)
     assert "\n" not in message
     for part in expected:
@@ -268,14 +269,16 @@ def test_each_missing_piece_is_named_with_its_path_and_the_fix(tmp_path, case):
 
 def test_the_archive_layout_reads_back_the_same_and_rewrites_byte_for_byte(tmp_path):
     source = val_list_of_two_folders(tmp_path / "source")
-    gate = gm.find_gate_set(source, "detect")
+    gate = gate_sets.find_gate_set(source, "detect")
     spec = {"task": "detect", "metric": "recall", "threshold": 0.5}
-    written = gm.write_gate_set(gate, tmp_path / "archive" / "gate", spec)
+    written = gate_sets.write_gate_set(gate, tmp_path / "archive" / "gate", spec)
     assert sorted(p.name for p in written.iterdir()) == ["data.yaml", "gate.yaml", "images", "labels"]
     assert yaml.safe_load((written / "data.yaml").read_text()) == {"val": "images", "names": NAMES}
-    assert gm.gate_spec(written) == spec
-    assert by_image(gm.load_gate_set(written)[1]) == by_image(gm.load_gate_set(source, "detect")[1])
-    again = gm.write_gate_set(gm.find_gate_set(written), tmp_path / "again", gm.read_gate_yaml(written))
+    assert gate_sets.gate_spec(written) == spec
+    assert by_image(gate_sets.load_gate_set(written)[1]) == by_image(gate_sets.load_gate_set(source, "detect")[1])
+    again = gate_sets.write_gate_set(
+        gate_sets.find_gate_set(written), tmp_path / "again", gate_sets.read_gate_yaml(written)
+    )
     files = sorted(p.relative_to(written) for p in written.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert all((written / f).read_bytes() == (again / f).read_bytes() for f in files)
@@ -287,34 +290,34 @@ def test_clashing_file_names_from_two_folders_are_kept_apart(tmp_path):
     copy_samples(root / "images" / "b", root / "labels" / "b")
     (root / "labels" / "b" / "dent_01.txt").write_text("")  # b's dent_01 shows no defect
     data_yaml(root, val=["images/a", "images/b"])
-    written = gm.write_gate_set(gm.find_gate_set(root, "detect"), tmp_path / "gate", {"task": "detect"})
-    _, items = gm.load_gate_set(written)
+    written = gate_sets.write_gate_set(gate_sets.find_gate_set(root, "detect"), tmp_path / "gate", {"task": "detect"})
+    _, items = gate_sets.load_gate_set(written)
     assert len(items) == 12 and sum(len(i["objects"]) for i in items) == 17
 
 
 def test_classify_archive_layout_is_one_folder_per_class(tmp_path):
     copy_classify(tmp_path / "source" / "val")
-    gate = gm.find_gate_set(tmp_path / "source", "classify")
-    written = gm.write_gate_set(gate, tmp_path / "gate", {"task": "classify"})
+    gate = gate_sets.find_gate_set(tmp_path / "source", "classify")
+    written = gate_sets.write_gate_set(gate, tmp_path / "gate", {"task": "classify"})
     assert sorted(p.name for p in written.iterdir() if p.is_dir()) == sorted(set(gate.classes))
-    _, items = gm.load_gate_set(written)
+    _, items = gate_sets.load_gate_set(written)
     assert sorted((i["image"].name, i["class"]) for i in items) == sorted(
-        (i["image"].name, i["class"]) for i in gm.load_gate_set(CLASSIFY)[1]
+        (i["image"].name, i["class"]) for i in gate_sets.load_gate_set(CLASSIFY)[1]
     )
 
 
 def test_a_pose_gate_set_without_keypoint_names_scores_a_model_that_names_them(tmp_path):
     """kpt_names is optional in Ultralytics datasets; the committed pose model names its keypoints."""
-    from quality.reference import reference_answers
+    from quality.ultralytics_answers import reference_answers
 
     shutil.copytree(SAMPLES / "gates" / "pose", tmp_path / "pose", ignore=shutil.ignore_patterns("*.yaml"))
     (tmp_path / "pose" / "data.yaml").write_text("val: images\nnames: {0: tab}\nkpt_shape: [4, 3]\n")
-    _, unnamed = gm.load_gate_set(tmp_path / "pose", task="pose")
+    _, unnamed = gate_sets.load_gate_set(tmp_path / "pose", task="pose")
     assert [k[3] for k in unnamed[0]["objects"][0]["keypoints"]] == ["0", "1", "2", "3"]
-    _, named = gm.load_gate_set(SAMPLES / "gates" / "pose")
+    _, named = gate_sets.load_gate_set(SAMPLES / "gates" / "pose")
     weights = ROOT / "models" / "weights" / "tasks" / "pose" / "best.pt"
     answers = reference_answers(weights, [i["image"] for i in named], imgsz=256)
     assert {k["name"] for d in answers[0]["detections"] for k in d["keypoints"]} == {"tip", "base", "left", "right"}
-    measured = gm.score("pose", named, answers)
-    assert measured == pytest.approx(gm.gate_spec(SAMPLES / "gates" / "pose")["measured"], abs=1e-4)
-    assert gm.score("pose", unnamed, answers) == measured
+    measured = task_of("pose").gate_metric(named, answers)
+    assert measured == pytest.approx(gate_sets.gate_spec(SAMPLES / "gates" / "pose")["measured"], abs=1e-4)
+    assert task_of("pose").gate_metric(unnamed, answers) == measured

@@ -19,7 +19,7 @@ from tests.helpers import ROOT, SAMPLES, handler_answers, handler_for, package
 
 sys.path.insert(0, str(ROOT / "models"))
 
-from quality import reference  # noqa: E402
+from quality.ultralytics_answers import reference_answers  # noqa: E402
 
 pytestmark = pytest.mark.packaging
 
@@ -86,7 +86,7 @@ def test_each_generation_is_served_as_ultralytics_predicts(generation, tmp_path)
     handler = handler_for(store / f"gen{generation}_v1.0.mar", tmp_path / "model-dir")
     images = lossless_copies([SAMPLES / "mixed_01.jpg", SAMPLES / "stain_01.jpg"], tmp_path)
     served = handler_answers(handler, images, {"X-Yolo-Conf": "0.0", "X-Yolo-Max-Det": str(TOP)})
-    expected = reference.reference_answers(weights, images, IMGSZ, conf=0.0, max_det=TOP)
+    expected = reference_answers(weights, images, IMGSZ, conf=0.0, max_det=TOP)
     for body, truth, image in zip(served, expected, images, strict=True):
         assert body["status"] == "success" and body["task"] == "detect", body
         assert len(body["detections"]) == TOP

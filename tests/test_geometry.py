@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from quality.gate_metrics import rasterise
+from quality.geometry import rasterise
 from yolo_geometry import (
     mask_polygons,
     mask_to_image,

@@ -140,7 +140,7 @@ def test_gateway_parsing_scores_like_local():
         del d["class_id"]
     assert evaluate.parse_gateway_response(by_name, NAMES) == parsed
     items = [{"gt": IMG}]
-    assert evaluate.score(items, [parsed], NAMES) == evaluate.score(items, [preds], NAMES)
+    assert evaluate.map_metrics(items, [parsed], NAMES) == evaluate.map_metrics(items, [preds], NAMES)
     with pytest.raises(ValueError):
         evaluate.parse_gateway_response({"status": "error"}, NAMES)
 
@@ -177,7 +177,7 @@ def test_v2_reproduces_recorded_metrics(v2_test_split):
     recorded = json.loads((MODELS / "weights" / "v2.0" / "metrics.json").read_text())
     items, names = evaluate.load_split(data)
     weights = MODELS / "weights" / "v2.0" / "best.pt"
-    ours = evaluate.score(items, evaluate.predict_local(weights, items, record["imgsz"]), names)["overall"]
+    ours = evaluate.map_metrics(items, evaluate.predict_local(weights, items, record["imgsz"]), names)["overall"]
     assert ours["mAP50"] == pytest.approx(recorded["overall"]["mAP50"], abs=0.02)
     assert ours["mAP50"] >= 0.9
     ul = evaluate.ultralytics_val(weights, data, record["imgsz"])

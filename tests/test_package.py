@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from operations.archives import archive_lineage, extract_gate_set, extract_source_weights
-from quality.gate_metrics import gate_spec, load_gate_set
+from quality.gate_sets import gate_spec, load_gate_set
 from tests.helpers import ROOT, SAMPLES, WEIGHTS, package
 
 pytestmark = pytest.mark.packaging

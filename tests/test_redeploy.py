@@ -24,7 +24,7 @@ from benchmarks.loadgen import Load
 from gateway.canary import Canary
 from operations.history import lineage, previous_version, read_canary, read_history
 from operations.stack import ready_workers, running, start_torchserve, stop_service, wait_until
-from quality.gate_metrics import gate_spec
+from quality.gate_sets import gate_spec
 from tests.helpers import ROOT, WEIGHTS, TestStack, package
 
 integration = pytest.mark.integration

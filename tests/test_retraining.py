@@ -13,10 +13,10 @@ import pytest
 from benchmarks.ct_demo import QUICK, Clock, run
 from gateway.metrics import GatewayMetrics
 from retraining.canary import arm_counts, decide
-from retraining.data import in_holdout, split_labelled
 from retraining.pipeline import RetrainOptions, judge
 from retraining.tracking import runs
 from retraining.trigger import TriggerPolicy, due, load_triggers
+from retraining.workspace import in_holdout, replay_items, split_labelled
 from scripts import captures
 
 
@@ -120,3 +120,17 @@ def test_the_loop_captures_labels_fine_tunes_gates_canaries_and_promotes(tmp_pat
     assert tracked["params"]["candidate"] == "2.1" and held_out == figures["labelled"]
     assert "archive" in tracked["artifacts"] and tracked["metrics"]["canary_answers"] >= plan.canary_requests
     assert {"holdout_incumbent", "holdout_candidate", "frozen_incumbent", "frozen_candidate"} <= set(tracked["metrics"])
+
+
+@pytest.mark.parametrize("home", ["images_raw/ds", "images/ds", "ds"])
+def test_replayed_images_find_their_labels_by_ultralytics_rule(tmp_path, home):
+    """The last /images/ of an image's path becomes /labels/, whatever the folders above are called."""
+    root = tmp_path / home
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        (root / "images" / split / "a.jpg").write_bytes(b"")
+        (root / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {{0: bolt}}\n")
+    (item,) = replay_items(root / "data.yaml", "detect", 5)
+    assert item.label == root / "labels" / "train" / "a.txt" and item.label.is_file()

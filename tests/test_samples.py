@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quality import gate_metrics as gm
+from quality import gate_scoring, gate_sets
+from quality.tasks import task_of
 from tests.helpers import (
     ROOT,
     SAMPLES,
@@ -68,11 +69,11 @@ def test_every_version_finds_every_labelled_defect_and_passes_the_gate(handlers,
         assert_finds_ground_truth(answer["detections"], truth)
         if not truth.boxes:
             assert answer["detections"] == [], f"{truth.name}: the clean part yields nothing"
-    spec = gm.gate_spec(folder)
-    task, items = gm.load_gate_set(folder)
+    spec = gate_sets.gate_spec(folder)
+    task, items = gate_sets.load_gate_set(folder)
     assert [i["image"].name for i in items] == sorted(t.name for t in truths)
     by_name = {t.name: a for t, a in zip(truths, answers, strict=True)}
-    value = gm.score(task, items, [by_name[i["image"].name] for i in items])
+    value = task_of(task).gate_metric(items, [by_name[i["image"].name] for i in items])
     assert value >= float(spec["threshold"]), f"v{version} {copy}: recall {value} < gate {spec['threshold']}"
 
 
@@ -94,7 +95,7 @@ def test_gate_yaml_says_how_its_threshold_was_measured():
     text = (SAMPLES / "gate.yaml").read_text()
     spec = yaml.safe_load(text)
     assert spec["task"] == "detect" and spec["metric"] == "recall"
-    assert spec["threshold"] == gm.threshold_from(spec["measured"], margin=GATE_MARGIN)
+    assert spec["threshold"] == gate_scoring.threshold_from(spec["measured"], margin=GATE_MARGIN)
     assert spec["threshold"] < 1.0, "one missed defect of nine must not be the difference between two CPUs"
     for line in ("models/make_samples.py", "JPEG quality 90", "v1.0/best.pt", "v2.0/best.pt"):
         assert line in text

@@ -26,7 +26,7 @@ def test_served_v1_scores_like_its_weights(stack, tmp_path):
     served, model = evaluate.predict_gateway(stack.gateway_url, items, names)
     assert model == {"name": "yolo", "version": "1.0"}
     local = evaluate.predict_local(WEIGHTS["1.0"], items, record["imgsz"])
-    served_metrics = evaluate.score(items, served, names)["overall"]
-    local_metrics = evaluate.score(items, local, names)["overall"]
+    served_metrics = evaluate.map_metrics(items, served, names)["overall"]
+    local_metrics = evaluate.map_metrics(items, local, names)["overall"]
     for key in ("mAP50", "mAP50-95"):
         assert served_metrics[key] == pytest.approx(local_metrics[key], abs=0.01), (served_metrics, local_metrics)

@@ -12,8 +12,9 @@ import yaml  # noqa: E402
 
 from models import generate_tasks as gt  # noqa: E402
 from models.train_tasks import GATE_COUNT, MODELS_DIR, ROOT  # noqa: E402
-from quality import gate_metrics as gm  # noqa: E402
-from quality.reference import reference_answers, to_answer  # noqa: E402
+from quality import gate_sets  # noqa: E402
+from quality.tasks import METRICS, task_of  # noqa: E402
+from quality.ultralytics_answers import reference_answers, to_answer  # noqa: E402
 
 WEIGHTS = MODELS_DIR / "weights" / "tasks"
 GATES = ROOT / "samples" / "gates"
@@ -31,7 +32,7 @@ def task_model(request):
 
     task = request.param
     yolo = YOLO(str(WEIGHTS / task / "best.pt"))
-    _, items = gm.load_gate_set(GATES / task)
+    _, items = gate_sets.load_gate_set(GATES / task)
     image = items[0]["image"]
     (result,) = yolo.predict(str(image), imgsz=trained(task)["imgsz"], conf=0.25, verbose=False)
     return task, yolo, items[0], result
@@ -87,11 +88,11 @@ def test_pose_checkpoint_carries_keypoint_names():
 
 @pytest.mark.parametrize("task", TRAINED)
 def test_each_committed_model_passes_its_committed_gate(task):
-    spec = gm.gate_spec(GATES / task)
-    loaded_task, items = gm.load_gate_set(GATES / task)
-    assert (loaded_task, spec["metric"]) == (task, gm.METRICS[task])
+    spec = gate_sets.gate_spec(GATES / task)
+    loaded_task, items = gate_sets.load_gate_set(GATES / task)
+    assert (loaded_task, spec["metric"]) == (task, METRICS[task])
     assert len(items) == GATE_COUNT
     answers = reference_answers(WEIGHTS / task / "best.pt", [i["image"] for i in items], imgsz=trained(task)["imgsz"])
-    measured = gm.score(task, items, answers)
+    measured = task_of(task).gate_metric(items, answers)
     assert measured == pytest.approx(spec["measured"], abs=1e-4)  # the gate was set from exactly this
     assert measured >= spec["threshold"] > 0

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "models"))
 
 import generate_tasks  # noqa: E402
 
-from quality import reference  # noqa: E402
+from quality.ultralytics_answers import reference_answers  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_deploy_gates_each_version_on_its_own_labelled_set(served):
 def test_served_answers_match_ultralytics(served, parity_images):
     """Both archives, every image, against YOLO(weights).predict: the worst case must meet the targets."""
     upright = [reference_path for _, reference_path in parity_images]
-    expected = reference.reference_answers(served.weights, upright, served.imgsz)
+    expected = reference_answers(served.weights, upright, served.imgsz)
     worst = {"pt": Worst(), "openvino": Worst()}
     lowered = {} if served.task == "classify" else {"conf": str(EXPORTED_QUERY_CONF)}
     for (sent, _), truth in zip(parity_images, expected, strict=True):
@@ -167,7 +167,7 @@ def test_the_other_export_formats_match_ultralytics(task, model_format, tmp_path
     pairs = make_parity_images(task, tmp_path)
     lowered = {} if task == "classify" else {"X-Yolo-Conf": str(EXPORTED_QUERY_CONF)}
     served = handler_answers(handler, [sent for sent, _ in pairs], lowered)
-    expected = reference.reference_answers(weights, [upright for _, upright in pairs], handler.config.imgsz)
+    expected = reference_answers(weights, [upright for _, upright in pairs], handler.config.imgsz)
     worst = Worst()
     for body, truth, (sent, _) in zip(served, expected, pairs, strict=True):
         assert body["status"] == "success" and body["image"] == truth["image"], (sent.name, body)
@@ -184,7 +184,7 @@ def test_masks_as_rle_match_their_outlines(served, parity_images):
     sent = parity_images[1][0]
     body = post(served.stack, sent, masks="rle").json()
     assert body["detections"], body
-    from quality.gate_metrics import mask_iou, rasterise
+    from quality.geometry import mask_iou, rasterise
     from yolo_geometry import rle_decode
 
     for det in body["detections"]:

@@ -1,4 +1,4 @@
-"""The data of one retraining: what it trains on, what it is judged on, and what its drift reference is.
+"""The workspace of one retraining: the training, held-out and frozen sets it trains and is judged on, and its gate set.
 
 From the labelled captures (a dataset ``retraining.datasets`` exported and a person labelled) a
 retraining takes a held-out slice, chosen by a hash of each capture's id so a capture never moves
@@ -19,7 +19,6 @@ by ``train-set/{train,val}/<class>/`` (Ultralytics' classify layout).
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -27,14 +26,25 @@ from pathlib import Path
 
 import yaml
 
-from quality.gate_metrics import IMAGE_SUFFIXES, METRICS, load_gate_set
-from retraining.datasets import labelled_ids, link
+from quality.gate_sets import load_gate_set
+from quality.tasks import METRICS, task_of
+from retraining.datasets.layout import labelled_ids, link
+from serving.yolo_files import MappingError, is_image_file, label_path, read_mapping
 
 HOLDOUT_SHARE = 0.2
 
 
-class DataError(Exception):
-    """Retraining data that cannot be used; the message names the file and the fix."""
+class WorkspaceError(Exception):
+    """A retraining's inputs (labelled captures, replayed training data, a frozen gate set) that cannot be laid out
+    into its workspace; the message names the file and the fix. (``DatasetError`` is the captures' datasets' own.)"""
+
+
+def _read(path: Path) -> dict:
+    """A data or gate yaml of the retraining's inputs; WorkspaceError naming it when it is not a readable mapping."""
+    try:
+        return read_mapping(path)
+    except MappingError as exc:
+        raise WorkspaceError(f"{exc}: export or package the data again") from None
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ def split_labelled(dataset: Path, share: float = HOLDOUT_SHARE) -> tuple[list[st
     """(training ids, held-out ids) of the dataset's person-labelled captures; at least one of each when >= 2."""
     ids = sorted(labelled_ids(dataset))
     if not ids:
-        raise DataError(
+        raise WorkspaceError(
             f"{dataset}: no labelled captures: export them (scripts/captures.py export --format yolo --out "
             f"{dataset}), label them, and import the labels (scripts/captures.py import --dataset {dataset} ...)"
         )
@@ -85,20 +95,20 @@ def dataset_items(dataset: Path, task: str, ids: list[str] | None = None) -> lis
     dataset = Path(dataset)
     wanted = set(ids) if ids is not None else None
     items = []
-    if task == "classify":
+    if task_of(task).classifies:
         for image in sorted((dataset / "train").glob("*/*")):
-            if image.suffix.lower() in IMAGE_SUFFIXES and (wanted is None or image.stem in wanted):
+            if is_image_file(image) and (wanted is None or image.stem in wanted):
                 items.append(Item(image, None, image.parent.name))
         return items
     for image in sorted((dataset / "images").iterdir()):
-        if image.suffix.lower() in IMAGE_SUFFIXES and (wanted is None or image.stem in wanted):
+        if is_image_file(image) and (wanted is None or image.stem in wanted):
             items.append(Item(image, dataset / "labels" / f"{image.stem}.txt"))
     return items
 
 
 def split_dirs(data_yaml: Path, split: str) -> list[Path]:
     """The image folders (or list files) of one split of an Ultralytics data file."""
-    data = yaml.safe_load(Path(data_yaml).read_text()) or {}
+    data = _read(Path(data_yaml))
     base = Path(data.get("path") or Path(data_yaml).parent)
     if not base.is_absolute():
         base = (Path(data_yaml).parent / base).resolve()
@@ -112,33 +122,32 @@ def replay_items(train_data: Path | None, task: str, count: int, seed: int = 0) 
         return []
     train_data = Path(train_data)
     if not train_data.exists():
-        raise DataError(
+        raise WorkspaceError(
             f"{train_data}: the training data the archive records (--train-data) is gone: restore it, or package "
             "the incumbent again with --train-data pointing at it"
         )
     pool = []
-    if task == "classify":
+    if task_of(task).classifies:
         folder = train_data / "train" if (train_data / "train").is_dir() else train_data
-        pool = [Item(p, None, p.parent.name) for p in sorted(folder.glob("*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        pool = [Item(p, None, p.parent.name) for p in sorted(folder.glob("*/*")) if is_image_file(p)]
     else:
         data_yaml = train_data if train_data.is_file() else next(iter(sorted(train_data.glob("*.yaml"))), None)
         if data_yaml is None:
-            raise DataError(f"{train_data}: no data yaml: --train-data takes the dataset's yaml file")
+            raise WorkspaceError(f"{train_data}: no data yaml: --train-data takes the dataset's yaml file")
         for folder in split_dirs(data_yaml, "train"):
-            for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                relative = image.relative_to(folder).with_suffix(".txt")
-                labels = Path(str(folder).replace(f"{os.sep}images", f"{os.sep}labels", 1))
-                pool.append(Item(image, labels / relative))
+            pool += [
+                Item(image, label_path(image)) for image in sorted(p for p in folder.rglob("*") if is_image_file(p))
+            ]
     return random.Random(seed).sample(pool, min(count, len(pool)))
 
 
-def gate_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
+def frozen_items(gate_dir: Path | None) -> tuple[list[Item], dict]:
     """The incumbent's frozen gate set as items, and its gate.yaml (empty when the incumbent carries none)."""
     if gate_dir is None:
         return [], {}
-    spec = yaml.safe_load((gate_dir / "gate.yaml").read_text()) or {}
+    spec = _read(gate_dir / "gate.yaml")
     task, items = load_gate_set(gate_dir)
-    if task == "classify":
+    if task_of(task).classifies:
         return [Item(item["image"], None, item["class"]) for item in items], spec
     found = []
     for item in items:
@@ -151,7 +160,7 @@ def _place(items: list[Item], folder: Path, prefix: str, task: str) -> int:
     """Link each item into ``folder`` (images/ + labels/, or <class>/ for classify), names prefixed."""
     for n, item in enumerate(items):
         name = f"{prefix}{n:05d}_{item.image.stem}"
-        if task == "classify":
+        if task_of(task).classifies:
             link(item.image, folder / str(item.cls) / f"{name}{item.image.suffix.lower()}")
             continue
         link(item.image, folder / "images" / f"{name}{item.image.suffix.lower()}")
@@ -188,11 +197,11 @@ def build_workspace(
     train_ids, held_ids = split_labelled(dataset, share)
     captures, held = dataset_items(dataset, task, train_ids), dataset_items(dataset, task, held_ids)
     replay = replay_items(train_data, task, round(len(captures) * replay_ratio), seed)
-    frozen, _ = gate_items(gate_dir)
-    extra = {k: v for k, v in (yaml.safe_load((dataset / "data.yaml").read_text()) or {}).items()
-             if k in ("kpt_shape", "flip_idx", "kpt_names")} if task != "classify" else {}  # fmt: skip
+    frozen, _ = frozen_items(gate_dir)
+    extra = {k: v for k, v in _read(dataset / "data.yaml").items()
+             if k in ("kpt_shape", "flip_idx", "kpt_names")} if not task_of(task).classifies else {}  # fmt: skip
     counts = {"captures": len(captures), "holdout": len(held), "replay": len(replay), "frozen": len(frozen)}
-    if task == "classify":
+    if task_of(task).classifies:
         _place(captures, root / "train-set" / "train", "c", task)
         _place(replay, root / "train-set" / "train", "r", task)
         _place(held, root / "train-set" / "val", "h", task)
@@ -217,7 +226,7 @@ def build_workspace(
         )
     gate = root / "gate"
     _place(frozen + held, gate, "g", task)
-    if task != "classify":
+    if not task_of(task).classifies:
         _data_file(gate / "data.yaml", gate, "images", "images", names, extra)
     return Workspace(root, task, names, train, holdout, frozen_data, gate, counts)
 

@@ -1,19 +1,11 @@
-"""The deploy gate's arithmetic: read a labelled gate set and score a model's answers on it.
-
-One place for the math, used twice: the deploy gate scores the API's answers (the JSON of
-notes/contract.md) and models/train_tasks.py scores Ultralytics' own predictions, converted
-to the same JSON by quality/reference.py, to set each archive's threshold.
-
-Metrics (one per task):
-  detect, segment, obb  recall: share of labelled objects found by a prediction of the same
-                        class at IoU >= 0.5 (box, mask and rotated-box IoU respectively)
-  pose                  PCK: share of labelled visible keypoints predicted within
-                        0.1 x max(w, h) of the labelled box, by a detection matched at box IoU >= 0.5
-  classify              top-1 accuracy
+"""Gate sets: where a labelled gate set's images, labels and classes are in any layout it comes in, what its
+items are, and the one layout an archive carries it in.
 
 A gate set comes in the layouts Ultralytics' own datasets have (``find_gate_set``: a dataset yaml's
 ``val`` split, images/ + labels/, one folder per class or ``val/<class>/``); an archive carries it in
-one (``write_gate_set``), with gate.yaml naming its task, metric and threshold.
+one (``write_gate_set``), with gate.yaml naming its task, metric and threshold. The deploy gate scores
+the API's answers on its items with the task's metric (``quality.tasks``), and models/train_tasks.py
+scores Ultralytics' own predictions (``quality.ultralytics_answers``) to set each archive's threshold.
 """
 
 from __future__ import annotations
@@ -21,75 +13,27 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
-IOU_MATCH = 0.5
-PCK_FRACTION = 0.1
-METRICS = {"detect": "recall", "segment": "recall", "obb": "recall", "pose": "pck", "classify": "top1"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from quality.tasks import METRICS, task_of
+from serving.yolo_files import IMAGE_SUFFIXES, MappingError, is_image_file, label_path, read_mapping
+
 GATE_YAML = "gate.yaml"
 DATA_YAML = "data.yaml"
 CLASSIFY_SPLITS = ("val", "test")  # Ultralytics' classify layout: the split a gate scores, in order of preference
 LABEL_HOW = "Ultralytics finds an image's labels by replacing /images/ with /labels/ in its path"
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two axis-aligned boxes [x1, y1, x2, y2]."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def rasterise(polygons: Sequence[Sequence[Sequence[float]]], width: int, height: int) -> np.ndarray:
-    """Boolean mask (height, width) of the union of filled polygons (pixel coordinates, 1/16 px precision)."""
-    mask = np.zeros((height, width), np.uint8)
-    pts = [np.round(np.asarray(p, np.float64).reshape(-1, 2) * 16).astype(np.int32) for p in polygons if len(p) >= 3]
-    if pts:
-        cv2.fillPoly(mask, pts, 1, cv2.LINE_8, shift=4)
-    return mask.astype(bool)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of the same shape."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
-def polygon_area(corners: Sequence[Sequence[float]]) -> float:
-    """Area of a simple polygon (shoelace formula)."""
-    p = np.asarray(corners, np.float64).reshape(-1, 2)
-    return float(abs(np.dot(p[:, 0], np.roll(p[:, 1], -1)) - np.dot(p[:, 1], np.roll(p[:, 0], -1))) / 2)
-
-
-def rotated_iou(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
-    """Exact IoU of two convex quadrilaterals given by their corners (any order around the outline)."""
-    pa, pb = (cv2.convexHull(np.asarray(c, np.float32).reshape(-1, 2)).reshape(-1, 2) for c in (a, b))
-    inter, _ = cv2.intersectConvexConvex(pa, pb)
-    union = polygon_area(pa) + polygon_area(pb) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of the upright image, EXIF orientation applied (as the API reports it)."""
     with Image.open(path) as im:
         return ImageOps.exif_transpose(im).size
-
-
-LABEL_SHAPES = {
-    "detect": "4 numbers (cx cy w h) or a polygon",
-    "segment": "a polygon (3 or more x y pairs)",
-    "obb": "8 numbers (4 corners x y)",
-    "pose": "4 box numbers (cx cy w h), then x y visibility per keypoint (x y with kpt_shape [k, 2])",
-}
 
 
 def parse_label_line(task: str, line: str, width: int, height: int, names: dict[int, str], kpt_dim: int = 3) -> dict:
@@ -99,27 +43,12 @@ def parse_label_line(task: str, line: str, width: int, height: int, names: dict[
     keypoints are x y visibility, or x y (``kpt_dim`` 2, data.yaml's ``kpt_shape: [k, 2]``: all visible).
     A line of the wrong length for the task raises ValueError, an unknown class KeyError.
     """
+    labels = task_of(task)
     values = line.split()
     cls, nums = int(values[0]), np.asarray(values[1:], np.float64)
-    obj: dict = {"class_id": cls, "class": names[cls]}
-    n = len(nums)
-    polygon = n >= 6 and n % 2 == 0
-    fits = {"detect": n == 4 or polygon, "segment": polygon, "obb": n == 8, "pose": n >= 4 and (n - 4) % kpt_dim == 0}
-    if not fits[task]:
-        raise ValueError(f"{n} numbers after the class; a {task} label has {LABEL_SHAPES[task]}")
-    if task == "pose" or (task == "detect" and n == 4):
-        cx, cy, bw, bh = nums[:4] * [width, height, width, height]
-        obj["bbox"] = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]
-        if task == "pose":
-            kpts = nums[4:].reshape(-1, kpt_dim)
-            obj["keypoints"] = [[k[0] * width, k[1] * height, k[2] if kpt_dim == 3 else 2.0] for k in kpts.tolist()]
-        return obj
-    pts = (nums.reshape(-1, 2) * [width, height]).tolist()
-    if task != "detect":
-        obj["polygon" if task == "segment" else "corners"] = pts
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    obj["bbox"] = [min(xs), min(ys), max(xs), max(ys)]
-    return obj
+    if not labels.fits(len(nums), kpt_dim):
+        raise ValueError(f"{len(nums)} numbers after the class; a {task} label has {labels.label_shape}")
+    return {"class_id": cls, "class": names[cls], **labels.geometry(nums, width, height, kpt_dim)}
 
 
 class GateSetError(ValueError):
@@ -151,14 +80,9 @@ class GateSet:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise GateSetError(f"{path} is not readable YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise GateSetError(f"{path} holds a {type(data).__name__}, not the key: value mapping it should")
-    return data
+        return read_mapping(path)
+    except MappingError as exc:
+        raise GateSetError(str(exc)) from None
 
 
 def read_gate_yaml(root: Path) -> dict:
@@ -216,19 +140,9 @@ def find_gate_set(source: Path, task: str | None = None) -> GateSet:
             f"{root / GATE_YAML}: metric {spec['metric']!r} is not how a {task} gate is scored; "
             f"write metric: {METRICS[task]} or leave it out"
         )
-    if task == "classify":
-        return _classify_set(root, spec)
+    if task_of(task).classifies:
+        return _classify_set(root, spec, task)
     return _labelled_set(root, data_yaml, task, spec)
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def ultralytics_label(image: Path) -> Path:
-    """Where Ultralytics looks for an image's YOLO labels: its path, last /images/ made /labels/, as .txt."""
-    head, sep, tail = str(image).rpartition(f"{os.sep}images{os.sep}")
-    return Path(f"{head}{os.sep}labels{os.sep}{tail}" if sep else str(image)).with_suffix(".txt")
 
 
 def _names(data: dict, data_yaml: Path) -> dict[int, str]:
@@ -308,7 +222,7 @@ def _val_split(data: dict, data_yaml: Path) -> list[tuple[Path, Path]]:
     for entry in entries:
         where = base / Path(str(entry)).expanduser()
         if where.is_dir():
-            images = sorted(p for p in where.rglob("*") if _is_image(p))
+            images = sorted(p for p in where.rglob("*") if is_image_file(p))
         elif where.is_file() and where.suffix == ".txt":
             images = _listed_images(where)
         else:
@@ -320,7 +234,7 @@ def _val_split(data: dict, data_yaml: Path) -> list[tuple[Path, Path]]:
             raise GateSetError(
                 f"{data_yaml}: val: {entry} ({where}) holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        split = [(image, ultralytics_label(image)) for image in images]
+        split = [(image, label_path(image)) for image in images]
         _check_labels(split, where)
         pairs += split
     return pairs
@@ -333,7 +247,7 @@ def _listed_images(listing: Path) -> list[Path]:
         if not line.strip():
             continue
         image = listing.parent / Path(line.strip()).expanduser()
-        if not _is_image(image):
+        if not is_image_file(image):
             raise GateSetError(f"{listing}:{number}: {line.strip()} is not an image file ({image})")
         images.append(image)
     return images
@@ -343,14 +257,14 @@ def _folder_layout(root: Path, data_yaml: Path) -> list[tuple[Path, Path]]:
     """No ``val`` in data.yaml: images/val + labels/val, images/ + labels/, or images beside labels/."""
     split = root / "images" / "val"
     if split.is_dir():
-        pairs = [(p, ultralytics_label(p)) for p in sorted(split.rglob("*")) if _is_image(p)]
+        pairs = [(p, label_path(p)) for p in sorted(split.rglob("*")) if is_image_file(p)]
         where = split
     elif (root / "images").is_dir():
         where = root / "images"
-        pairs = [(p, ultralytics_label(p)) for p in sorted(where.iterdir()) if _is_image(p)]
+        pairs = [(p, label_path(p)) for p in sorted(where.iterdir()) if is_image_file(p)]
     else:
         where = root
-        pairs = [(p, root / "labels" / f"{p.stem}.txt") for p in sorted(root.iterdir()) if _is_image(p)]
+        pairs = [(p, root / "labels" / f"{p.stem}.txt") for p in sorted(root.iterdir()) if is_image_file(p)]
     if not pairs:
         folders = sorted(p.name for p in where.iterdir() if p.is_dir()) if where != root else []
         inside = f" ({where} holds only the folders {', '.join(folders)})" if folders else ""
@@ -371,15 +285,15 @@ def _class_images(folder: Path) -> list[tuple[Path, str]]:
         (image, cls.name)
         for cls in sorted(p for p in folder.iterdir() if p.is_dir())
         for image in sorted(cls.iterdir())
-        if _is_image(image)
+        if is_image_file(image)
     ]
 
 
-def _classify_set(root: Path, spec: dict) -> GateSet:
+def _classify_set(root: Path, spec: dict, task: str) -> GateSet:
     pairs: list[tuple[Path, str]] = []
     for split in CLASSIFY_SPLITS:  # a split folder holds class folders, no images of its own
         folder = root / split
-        if folder.is_dir() and not any(_is_image(p) for p in folder.iterdir()):
+        if folder.is_dir() and not any(is_image_file(p) for p in folder.iterdir()):
             pairs = _class_images(folder)
             if pairs:
                 break
@@ -394,7 +308,7 @@ def _classify_set(root: Path, spec: dict) -> GateSet:
         )
     classes = tuple(cls for _, cls in pairs)
     names = dict(enumerate(sorted(set(classes))))
-    return GateSet(root, "classify", spec, tuple(image for image, _ in pairs), None, classes, names, {}, None)
+    return GateSet(root, task, spec, tuple(image for image, _ in pairs), None, classes, names, {}, None)
 
 
 def _size(image: Path) -> tuple[int, int]:
@@ -407,7 +321,7 @@ def _size(image: Path) -> tuple[int, int]:
 
 def gate_items(gate: GateSet) -> list[dict]:
     """Read a located gate set into items, one per image (see ``load_gate_set``)."""
-    if gate.task == "classify":
+    if task_of(gate.task).classifies:
         return [
             {"image": image, **dict(zip(("width", "height"), _size(image), strict=True)), "class": cls}
             for image, cls in zip(gate.images, gate.classes, strict=True)
@@ -458,7 +372,7 @@ def write_gate_set(gate: GateSet, dest: Path, spec: dict) -> Path:
     """
     dest = Path(dest)
     dest.mkdir(parents=True)
-    if gate.task == "classify":
+    if task_of(gate.task).classifies:
         for cls in sorted(set(gate.classes)):
             members = [image for image, c in zip(gate.images, gate.classes, strict=True) if c == cls]
             for image, name in zip(members, _unique_names(members), strict=True):
@@ -482,120 +396,3 @@ def _unique_names(images: Sequence[Path]) -> list[str]:
     """File names for images gathered from several folders: their own, numbered where two share a stem."""
     stems = Counter(image.stem for image in images)
     return [image.name if stems[image.stem] == 1 else f"{i:04d}_{image.name}" for i, image in enumerate(images)]
-
-
-def _detections(answer: dict) -> list[dict]:
-    """An answer's detections best first; an error answer has none, so all its objects count as missed."""
-    if answer.get("status") != "success":
-        return []
-    return sorted(answer.get("detections", []), key=lambda d: -d["confidence"])
-
-
-def match(truth: list[dict], predictions: list[dict], iou: Callable[[dict, dict], float]) -> dict[int, int]:
-    """Greedy matching, best prediction first: each takes the unmatched same-class object it overlaps most
-    at IoU >= 0.5. Returns {truth index: prediction index}."""
-    matched: dict[int, int] = {}
-    for p_idx, pred in enumerate(predictions):
-        best, best_iou = None, IOU_MATCH
-        for t_idx, obj in enumerate(truth):
-            if t_idx in matched or obj["class"] != pred["class"]:
-                continue
-            value = iou(obj, pred)
-            if value >= best_iou:
-                best, best_iou = t_idx, value
-        if best is not None:
-            matched[best] = p_idx
-    return matched
-
-
-def _box_pair(obj: dict, pred: dict) -> float:
-    return box_iou(obj["bbox"], pred["bbox"])
-
-
-def _obb_pair(obj: dict, pred: dict) -> float:
-    return rotated_iou(obj["corners"], pred["corners"])
-
-
-def _recall(task: str, items: list[dict], answers: list[dict]) -> float:
-    found = total = 0
-    for item, answer in zip(items, answers, strict=True):
-        preds = _detections(answer)
-        if task == "segment":
-            size = item["width"], item["height"]
-            truth_masks = [rasterise([o["polygon"]], *size) for o in item["objects"]]
-            pred_masks = [rasterise(p.get("polygons", []), *size) for p in preds]
-
-            def pair(obj: dict, pred: dict, _t=truth_masks, _p=pred_masks, _o=item["objects"], _d=preds) -> float:
-                return mask_iou(_t[_o.index(obj)], _p[_d.index(pred)])
-
-        else:
-            pair = _obb_pair if task == "obb" else _box_pair
-        found += len(match(item["objects"], preds, pair))
-        total += len(item["objects"])
-    if not total:
-        raise ValueError("gate set has no labelled objects")
-    return found / total
-
-
-def _default_names(names: Sequence[str]) -> bool:
-    """Keypoint names that are only their indices: what a side without ``kpt_names`` calls its keypoints."""
-    return list(names) == [str(i) for i in range(len(names))]
-
-
-def paired_keypoints(truth_names: Sequence[str], predicted: Sequence[dict]) -> list[dict | None]:
-    """A detection's keypoints in the order of the labelled ones: by name when both sides name them
-    (``kpt_names`` in the weights and in data.yaml), by index when either does not (``kpt_names`` is
-    optional in Ultralytics datasets) or their names share none."""
-    pred_names = [str(k.get("name")) for k in predicted]
-    if not (_default_names(truth_names) or _default_names(pred_names)) and set(truth_names) & set(pred_names):
-        by_name = {str(k.get("name")): k for k in predicted}
-        return [by_name.get(name) for name in truth_names]
-    return [predicted[i] if i < len(predicted) else None for i in range(len(truth_names))]
-
-
-def _pck(items: list[dict], answers: list[dict]) -> float:
-    hits = total = 0
-    for item, answer in zip(items, answers, strict=True):
-        preds = _detections(answer)
-        pairs = match(item["objects"], preds, _box_pair)
-        for t_idx, obj in enumerate(item["objects"]):
-            x1, y1, x2, y2 = obj["bbox"]
-            radius = PCK_FRACTION * max(x2 - x1, y2 - y1)
-            predicted = (preds[pairs[t_idx]].get("keypoints") or []) if t_idx in pairs else []
-            guesses = paired_keypoints([k[3] for k in obj["keypoints"]], predicted)
-            for (x, y, v, _), guess in zip(obj["keypoints"], guesses, strict=True):
-                if v <= 0:
-                    continue
-                total += 1
-                hits += guess is not None and np.hypot(guess["x"] - x, guess["y"] - y) <= radius
-    if not total:
-        raise ValueError("gate set has no visible keypoints")
-    return float(hits / total)
-
-
-def _top1(items: list[dict], answers: list[dict]) -> float:
-    right = 0
-    for item, answer in zip(items, answers, strict=True):
-        ranked = answer.get("classifications", []) if answer.get("status") == "success" else []
-        right += bool(ranked) and max(ranked, key=lambda c: c["confidence"])["class"] == item["class"]
-    if not items:
-        raise ValueError("gate set has no images")
-    return right / len(items)
-
-
-def score(task: str, truth_items: list[dict], answers: list[dict]) -> float:
-    """The task's gate metric in [0, 1] for answers (contract JSON bodies, one per item, same order)."""
-    if len(truth_items) != len(answers):
-        raise ValueError(f"{len(answers)} answers for {len(truth_items)} gate images")
-    if task == "pose":
-        return _pck(truth_items, answers)
-    if task == "classify":
-        return _top1(truth_items, answers)
-    if task in ("detect", "segment", "obb"):
-        return _recall(task, truth_items, answers)
-    raise ValueError(f"unknown task {task!r}")
-
-
-def threshold_from(measured: float, margin: float = 0.1, step: float = 0.05, ceiling: float = 0.9) -> float:
-    """Gate threshold for a freshly measured metric: margin below it, floored to a step, at most the ceiling."""
-    return round(min(max(np.floor((measured - margin) / step + 1e-9) * step, 0.0), ceiling), 2)

@@ -1,8 +1,8 @@
 """Ultralytics' own predictions in the API's JSON shape (notes/contract.md): the reference answers.
 
-Tests compare what the served archive answers with these for parity, and
-models/train_tasks.py scores them with quality/gate_metrics.py to set each gate
-threshold, so both sides of a comparison always speak the same JSON.
+Tests compare what the served archive answers with these for parity (``quality.parity``), and
+models/train_tasks.py and the retraining score them on a gate set with the task's gate metric
+(``quality.tasks``) to set each gate threshold, so both sides of a comparison speak the same JSON.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def to_answer(result, model, task: str, top_k: int = TOP_K) -> dict:
     """One Ultralytics Results -> the contract's JSON body (without model/timing, which are the server's)."""
     height, width = result.orig_shape
     body = {"status": "success", "task": task, "image": {"width": int(width), "height": int(height)}}
-    if task == "classify":
+    if result.probs is not None:  # a classifier's Results carry class probabilities, no boxes
         body["classifications"] = _classifications(result, top_k)
     else:
         body["detections"] = _detections(result, model)
