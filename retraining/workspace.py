@@ -198,6 +198,12 @@ def build_workspace(
     captures, held = dataset_items(dataset, task, train_ids), dataset_items(dataset, task, held_ids)
     replay = replay_items(train_data, task, round(len(captures) * replay_ratio), seed)
     frozen, _ = frozen_items(gate_dir)
+    if not held and not frozen:
+        raise WorkspaceError(
+            f"{dataset}: nothing to gate the candidate on: none of its {len(captures)} labelled captures falls in the "
+            f"held-out share and there is no gate set to keep; label more captures, or package the incumbent with "
+            "--gate-data"
+        )
     extra = {k: v for k, v in _read(dataset / "data.yaml").items()
              if k in ("kpt_shape", "flip_idx", "kpt_names")} if not task_of(task).classifies else {}  # fmt: skip
     counts = {"captures": len(captures), "holdout": len(held), "replay": len(replay), "frozen": len(frozen)}

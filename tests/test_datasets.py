@@ -21,7 +21,7 @@ from retraining.datasets.labelstudio import export_labelstudio
 from retraining.datasets.layout import DatasetError, labelled_ids
 from retraining.datasets.subsets import subset
 from retraining.datasets.yolo import export_yolo
-from retraining.workspace import build_workspace
+from retraining.workspace import WorkspaceError, build_workspace, split_labelled
 from tests.helpers import ROOT
 
 W, H = 160, 120
@@ -545,3 +545,17 @@ def test_a_labelled_tiff_capture_reaches_the_training_set(tmp_path):
     assert ws.counts["captures"] + ws.counts["holdout"] == 2
     placed = sorted(p.suffix for p in (tmp_path / "ws").glob("*/images/*"))
     assert ".tiff" in placed
+
+
+def test_a_retraining_with_nothing_to_gate_on_is_refused_with_the_fix(tmp_path):
+    """One labelled capture that lands in the training share and no gate set: no gate set can be written, so
+    the workspace refuses with what to do instead of failing on a missing folder."""
+    rows, blobs = captures("detect", count=1)
+    export_yolo(rows, lambda row: blobs[row["sha256"]], tmp_path / "yolo", NAMES["detect"], "detect")
+    person = tmp_path / "person"
+    person.mkdir()
+    (person / f"{rows[0]['id']}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    import_labels(tmp_path / "yolo", person, NAMES["detect"], "detect")
+    assert split_labelled(tmp_path / "yolo") == ([rows[0]["id"]], [])  # the case: it lands in the training share
+    with pytest.raises(WorkspaceError, match="nothing to gate the candidate on.*label more captures"):
+        build_workspace(tmp_path / "ws", tmp_path / "yolo", "detect", NAMES["detect"], None, None)
