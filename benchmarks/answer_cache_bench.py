@@ -28,7 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.capture_bench import percentile, rotating, second_gateway
+from benchmarks.capture_bench import rotating, second_gateway
+from benchmarks.measure import percentile
 from models.generate_dataset import sample
 from operations.stack import Stack, free_port, running, stop_service, wait_until
 

@@ -18,36 +18,47 @@ configuration (serving/model-config.yaml and package_mar's default format) and t
 baseline (eager .pt, batch size 1, one worker) run in the same invocation, so their
 ratios come from one machine state. ``--sweep`` measures the grid the default was
 chosen from. Results: reports/bench.json and reports/bench.md.
+
+Here: the configurations and each one's run (package, measure in-process, serve and load, the
+peers) and the command. How a number is taken lives in benchmarks/measure.py; the ratios and
+tables in benchmarks/bench_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
 import yaml
 
-from benchmarks.loadtest import MemorySampler, stack_processes
-from benchmarks.peers import PEERS, PeerProcess, cpu_used, ensure_peers_venv, peer_model
+from benchmarks.bench_report import bench_ratios, markdown
+from benchmarks.loadtest import MemorySampler
+from benchmarks.measure import (
+    CORES,
+    MULTIPART_HEADERS,
+    SAMPLES,
+    bare_inference,
+    cpu_seconds,
+    cpu_since,
+    cpu_used,
+    http_load,
+    in_process,
+    multipart,
+)
+from benchmarks.peers import PEERS, PeerProcess, ensure_peers_venv, peer_model
 from operations.packaging import DEFAULT_FORMAT
 from operations.stack import ROOT, Stack, free_port, running
 
-SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 TEMPLATE = ROOT / "serving" / "model-config.yaml"
-CORES = os.cpu_count() or 1
-BOUNDARY = "benchboundary7MA4YWxk"
 WARM_UP_S = 3  # per path, before anything is measured: JIT, first batches, connection pools
 
 
@@ -110,146 +121,6 @@ def sweep_configs() -> list[Config]:
     return grid
 
 
-@dataclass
-class Result:
-    images: int
-    seconds: float
-    latencies_ms: list[float]
-    errors: int
-    cpu_s: dict[str, float] = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        lat = sorted(self.latencies_ms)
-
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else float("nan")
-
-        return {
-            "images_per_s": round(self.images / self.seconds, 2) if self.seconds else 0.0,
-            "p50_ms": pct(0.50),
-            "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99),
-            "requests": len(lat),
-            "errors": self.errors,
-            "cpu_ms_per_image": {
-                role: round(1000 * used / self.images, 2) if self.images else 0.0 for role, used in self.cpu_s.items()
-            },
-        }
-
-
-def cpu_seconds(run_dir: Path) -> dict[str, float]:
-    """CPU time (user + system) so far of each role of the stack, and of this process: the load generator."""
-    roles = {**stack_processes(run_dir), "load generator": [psutil.Process()]}
-    return {role: cpu_used(procs) for role, procs in roles.items()}
-
-
-def cpu_since(run_dir: Path, before: dict[str, float]) -> dict[str, float]:
-    """CPU each role spent since ``before`` (from ``cpu_seconds``), so costs show up per image."""
-    return {role: spent - before.get(role, 0.0) for role, spent in cpu_seconds(run_dir).items()}
-
-
-def in_process(model_file: Path, imgsz: int, batch: int, seconds: float) -> Result:
-    """Ultralytics' predict on image files for ``seconds``: ``batch`` images per call, torch on every core."""
-    import torch
-    from ultralytics import YOLO
-
-    model = YOLO(str(model_file), task="detect")
-    paths = [str(p) for p in SAMPLES]
-    model.predict(paths[:batch], imgsz=imgsz, device="cpu", batch=batch, verbose=False)  # builds the predictor
-    torch.set_num_threads(CORES)  # Ultralytics set it to cores - 1 while building the predictor
-    for _ in range(3):
-        model.predict(paths[:batch], imgsz=imgsz, batch=batch, verbose=False)
-
-    def predict(done: int) -> None:
-        chunk = [paths[(done + i) % len(paths)] for i in range(batch)]
-        model.predict(chunk, imgsz=imgsz, batch=batch, verbose=False)
-
-    return timed_calls(predict, batch, seconds, "in-process")
-
-
-def timed_calls(call, batch: int, seconds: float, role: str) -> Result:
-    """``call(images_done_so_far)`` over and over for ``seconds``, ``batch`` images a call; this process's CPU."""
-    latencies, images, started, cpu_started = [], 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        call(images)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        images += batch
-    elapsed = time.perf_counter() - started
-    return Result(images, elapsed, latencies, 0, {role: time.process_time() - cpu_started})
-
-
-def bare_inference(model_file: Path, imgsz: int, batch: int, threads: int, seconds: float) -> Result:
-    """The forward pass alone, as a worker runs it (our runtime, its thread count, batches of ``batch``).
-
-    The floor under every server of this model: whatever a request costs beyond it is serving overhead.
-    """
-    import torch
-
-    sys.path.insert(0, str(ROOT / "serving"))
-    from yolo_image import batch_tensor, decode_image, letterbox
-    from yolo_runtime import load_backend
-
-    backend = load_backend(str(model_file), threads)
-    canvases = [letterbox(decode_image(p.read_bytes(), 10**8), imgsz)[0] for p in SAMPLES]
-    inputs = torch.from_numpy(batch_tensor([canvases[i % len(canvases)] for i in range(batch)]))
-    with torch.inference_mode():
-        for _ in range(3):
-            backend(inputs)
-        return timed_calls(lambda _: backend(inputs), batch, seconds, "inference")
-
-
-def multipart(name: str, data: bytes) -> bytes:
-    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-    return head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-def http_load(url: str, bodies: list[bytes], headers: dict, concurrency: int, seconds: float) -> Result:
-    """``concurrency`` clients, each on one keep-alive connection, sending for ``seconds``."""
-    parts = urlsplit(url)
-    lock = threading.Lock()
-    latencies: list[float] = []
-    counter = {"sent": 0, "errors": 0}
-    started = time.perf_counter()
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        while True:
-            with lock:
-                if time.perf_counter() - started >= seconds:
-                    break
-                index = counter["sent"]
-                counter["sent"] += 1
-            t0 = time.perf_counter()
-            try:
-                conn.request(
-                    "POST",
-                    parts.path + (f"?{parts.query}" if parts.query else ""),
-                    bodies[index % len(bodies)],
-                    headers,
-                )
-                response = conn.getresponse()
-                ok = response.status == 200 and b'"success"' in response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-                ok = False
-            elapsed = (time.perf_counter() - t0) * 1000
-            with lock:
-                if ok:
-                    latencies.append(elapsed)
-                else:
-                    counter["errors"] += 1
-        conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return Result(len(latencies), time.perf_counter() - started, latencies, counter["errors"])
-
-
 def package(config: Config, weights: Path, store: Path) -> Path:
     """The operator's packaging command, with this configuration's model-config."""
     template = yaml.safe_load(TEMPLATE.read_text())
@@ -295,7 +166,6 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace) -> dict:
     stack = Stack.private(work / "run", archive.parent)
     images = [(p.name, p.read_bytes()) for p in SAMPLES]
     gateway_bodies = [multipart(name, data) for name, data in images]
-    gateway_headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     direct_bodies = [data for _, data in images]
     out: dict = {}
     with running(stack, "1.0"):
@@ -303,7 +173,7 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace) -> dict:
         direct_headers = {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token}"}
         paths = {
             "direct": (stack.inference_url + "/predictions/yolo", direct_bodies, direct_headers),
-            "gateway": (stack.gateway_url + "/predict", gateway_bodies, gateway_headers),
+            "gateway": (stack.gateway_url + "/predict", gateway_bodies, MULTIPART_HEADERS),
         }
         for url, bodies, headers in paths.values():
             http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
@@ -322,7 +192,6 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace) -> dict:
 def measure_peers(work: Path, args: argparse.Namespace) -> dict:
     """Each peer on a free port: wait until it answers, warm up, c1 and saturation with its CPU, stop it."""
     bodies = [multipart(p.name, p.read_bytes()) for p in SAMPLES]
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     load_generator = [psutil.Process()]
     out = {}
     for peer in PEERS:
@@ -332,11 +201,11 @@ def measure_peers(work: Path, args: argparse.Namespace) -> dict:
         with PeerProcess(kind, model, imgsz, free_port(), work / f"peer-{peer}.log") as server:
             server.wait_ready()
             url = server.url + "/predict"
-            http_load(url, bodies, headers, args.concurrency, WARM_UP_S)
+            http_load(url, bodies, MULTIPART_HEADERS, args.concurrency, WARM_UP_S)
             entry = {"model": str(model.name), "imgsz": imgsz}
             for level, concurrency in (("c1", 1), ("saturation", args.concurrency)):
                 before = cpu_used(server.processes()), cpu_used(load_generator)
-                result = http_load(url, bodies, headers, concurrency, args.seconds)
+                result = http_load(url, bodies, MULTIPART_HEADERS, concurrency, args.seconds)
                 result.cpu_s = {
                     "peer": cpu_used(server.processes()) - before[0],
                     "load generator": cpu_used(load_generator) - before[1],
@@ -362,127 +231,6 @@ def run_config(config: Config, args: argparse.Namespace, in_process: bool = True
             entry["peers"] = measure_peers(work, args)
     print(json.dumps({k: v for k, v in entry.items() if k not in ("config", "memory", "peers")}), flush=True)
     return entry
-
-
-def ratio(num: float, den: float) -> float:
-    return round(num / den, 3) if den else float("nan")
-
-
-def ratios(entry: dict) -> dict:
-    a, b, c = entry["in_process"], entry["direct"], entry["gateway"]
-    return {
-        "direct_over_in_process_c1": ratio(b["c1"]["images_per_s"], a["c1"]["images_per_s"]),
-        "direct_over_in_process_saturation": ratio(b["saturation"]["images_per_s"], a["saturation"]["images_per_s"]),
-        "gateway_over_direct_c1": ratio(c["c1"]["images_per_s"], b["c1"]["images_per_s"]),
-        "gateway_over_direct_saturation": ratio(c["saturation"]["images_per_s"], b["saturation"]["images_per_s"]),
-        "gateway_over_in_process_saturation": ratio(c["saturation"]["images_per_s"], a["saturation"]["images_per_s"]),
-        "gateway_p50_overhead_ms_c1": round(c["c1"]["p50_ms"] - b["c1"]["p50_ms"], 2),
-    }
-
-
-def peer_ratios(ours: dict, peers: dict) -> dict:
-    """Ours (the gateway path of the default configuration) against the best peer at each level."""
-    best_c1 = min(peer["c1"]["p50_ms"] for peer in peers.values())
-    best_saturation = max(peer["saturation"]["images_per_s"] for peer in peers.values())
-    return {
-        "ours_p50_over_best_peer_c1": ratio(ours["c1"]["p50_ms"], best_c1),
-        "ours_over_best_peer_saturation": ratio(ours["saturation"]["images_per_s"], best_saturation),
-    }
-
-
-def server_cpu(summary: dict) -> float:
-    """CPU per image of every serving process (all roles but the load generator)."""
-    return sum(v for role, v in summary["cpu_ms_per_image"].items() if role != "load generator")
-
-
-def peers_table(entry: dict) -> list[str]:
-    """Ours vs peers: the same load generator, bodies and model file, one after the other."""
-    lines = [
-        "Ours vs peers (ours = the gateway path of the default configuration; each peer serves the same "
-        "OpenVINO model from the default archive, `-pt` the eager weights; benchmarks/peers.py). CPU per image at "
-        "saturation, server process tree and load generator:",
-        "",
-        "| server | c1 p50 ms | c1 img/s | saturation img/s | saturation p50 ms | errors | "
-        "server CPU ms/img | load gen. CPU ms/img |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    rows = {"ours (gateway)": entry["gateway"], **entry["peers"]}
-    for name, row in rows.items():
-        c1, sat = row["c1"], row["saturation"]
-        cpu = sat["cpu_ms_per_image"]
-        lines.append(
-            f"| {name} | {c1['p50_ms']:.1f} | {c1['images_per_s']:.1f} | {sat['images_per_s']:.1f} | "
-            f"{sat['p50_ms']:.1f} | {c1['errors'] + sat['errors']} | {server_cpu(sat):.2f} | "
-            f"{cpu.get('load generator', float('nan')):.2f} |"
-        )
-    return lines
-
-
-def markdown(report: dict) -> str:
-    lines = [
-        f"Benchmark: `{report['command']}` on {report['cores']} cores, {report['samples']} sample images "
-        f"({report['started']}); saturation = {report['concurrency']} concurrent clients "
-        f"(in-process: batches of {report['concurrency']}); {report['seconds']:g} s per measurement.",
-        "",
-        "| config | path | conc. 1 img/s | p50 | p95 | p99 | saturation img/s | p50 | p95 | p99 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for entry in report["runs"]:
-        for path in ("in_process", "direct", "gateway"):
-            if path not in entry:
-                continue
-            row = [f"{entry['config']['name']} ({entry['label']})", path]
-            for level in ("c1", "saturation"):
-                s = entry[path].get(level)
-                row += (
-                    [f"{s['images_per_s']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}"]
-                    if s
-                    else ["-"] * 4
-                )
-            lines.append("| " + " | ".join(row) + " |")
-    if report.get("ratios"):
-        lines += ["", "| ratio | value |", "|---|---|"]
-        lines += [f"| {key} | {value} |" for key, value in report["ratios"].items()]
-    lines += ["", *cpu_table(report["runs"])]
-    for entry in report["runs"]:
-        if entry.get("peers"):
-            lines += ["", *peers_table(entry)]
-    lines += ["", "| config | role | processes | peak RSS MiB | growth MiB |", "|---|---|---|---|---|"]
-    for entry in report["runs"]:
-        for role, mem in entry.get("memory", {}).items():
-            lines.append(
-                f"| {entry['config']['name']} | {role} | {mem['processes']} | {mem['peak_rss_mib']} | "
-                f"{mem['growth_mib']:+} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def cpu_table(runs: list[dict]) -> list[str]:
-    """Where the CPU goes at saturation: milliseconds of CPU per image served, by process role."""
-    roles = ["in-process", "workers", "frontend", "gateway", "load generator"]
-    lines = [
-        "CPU time per image at saturation, in ms (user + system over all threads of each process; "
-        f"{CORES} cores give at most {CORES * 1000} ms of CPU per second):",
-        "",
-        "| config | path | " + " | ".join(roles) + " | total |",
-        "|---|---|" + "---|" * (len(roles) + 1),
-    ]
-    for entry in runs:
-        for path in ("in_process", "direct", "gateway"):
-            cpu = entry.get(path, {}).get("saturation", {}).get("cpu_ms_per_image")
-            if not cpu:
-                continue
-            cells = [f"{cpu[role]:.2f}" if role in cpu else "-" for role in roles]
-            total = sum(cpu.values())
-            lines.append(f"| {entry['config']['name']} | {path} | " + " | ".join(cells) + f" | {total:.2f} |")
-        bare = entry.get("in_process", {}).get("bare_inference")
-        if bare:
-            lines.append(
-                f"| {entry['config']['name']} | bare inference (batch {bare['batch']}, {bare['threads']} thread(s)) | "
-                + " | ".join(["-"] * len(roles))
-                + f" | {bare['cpu_ms_per_image']['inference']:.2f} |"
-            )
-    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -535,20 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_peers_venv()
         default, baseline = run_config(default_config(), args, peers=True), run_config(BASELINE, args)
         report["runs"] = [default, baseline]
-        report["ratios"] = {
-            **ratios(default),
-            "default_over_baseline_gateway_saturation": ratio(
-                default["gateway"]["saturation"]["images_per_s"], baseline["gateway"]["saturation"]["images_per_s"]
-            ),
-            "default_over_baseline_direct_saturation": ratio(
-                default["direct"]["saturation"]["images_per_s"], baseline["direct"]["saturation"]["images_per_s"]
-            ),
-            **peer_ratios(default["gateway"], default["peers"]),
-            "ours_cpu_over_bare_inference_saturation": ratio(
-                server_cpu(default["gateway"]["saturation"]),
-                default["in_process"]["bare_inference"]["cpu_ms_per_image"]["inference"],
-            ),
-        }
+        report["ratios"] = bench_ratios(default, baseline)
         name = "bench"
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.measure import percentile
 from models.generate_dataset import sample
-from operations.stack import Stack, free_port, running, start_gateway, stop_service, wait_until
+from operations.stack import Stack, free_port, http_ok, running, start_gateway, stop_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 9007
@@ -43,20 +44,8 @@ def second_gateway(stack: Stack, run_dir: Path, env: dict[str, str], what: str =
     other = dataclasses.replace(stack, run_dir=run_dir, gateway_port=free_port(), gateway_env=env)
     run_dir.mkdir(parents=True)
     pid = start_gateway(other)
-    wait_until(lambda: _answers(f"{other.gateway_url}/health/live"), what, 30, pid)
+    wait_until(lambda: http_ok(f"{other.gateway_url}/health/live"), what, 30, pid)
     return other
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
 def rotating(client: httpx.Client, gateways: dict[str, Stack], images: list[bytes]) -> Iterator[tuple]:

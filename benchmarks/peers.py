@@ -161,18 +161,6 @@ def ensure_peers_venv() -> None:
     subprocess.run(["make", "--no-print-directory", "--silent", ".venv-peers/.installed"], cwd=ROOT, check=True)
 
 
-def cpu_used(procs: list[psutil.Process]) -> float:
-    """CPU time (user + system) so far of these processes; one that has exited counts 0."""
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:  # exited between listing and reading
-            continue
-        total += times.user + times.system
-    return total
-
-
 class PeerProcess:
     """A peer as a subprocess (with its own process group), for the benchmark and the tests."""
 

@@ -8,6 +8,10 @@ Prometheus scraping both targets with every PromQL query of the Grafana dashboar
 returning data. Grafana runs only where its image can be pulled. Everything started
 here is removed again; the built images stay as the next run's build cache.
 Exit status 0 only when every check passed.
+
+One concern: the Compose proof, that is its stack's setup, its checks (most of its length) and
+their runner. The Docker plumbing it shares with the swarm proof (containers/swarm_check.py) is
+in containers/engine.py.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ from containers.engine import (
     ROOT,
     Engine,
     SetupError,
+    addresses,
     compose_command,
     ensure_base_images,
+    health,
+    inspect,
+    memory_mib,
     pulled,
     quiet,
     run,
@@ -89,19 +97,6 @@ class Compose:
         ids = self("ps", "-q", service, capture_output=True).stdout.split()
         expect(len(ids) == 1, f"expected one {service} container, found {ids}")
         return ids[0]
-
-
-def inspect(container: str, template: str) -> str:
-    return quiet("docker", "inspect", "-f", template, container).stdout.strip()
-
-
-def address(container: str) -> str:
-    """The container's address on its first network: reachable from this host over the Docker bridge."""
-    return inspect(container, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}").split()[0]
-
-
-def health(container: str) -> str:
-    return inspect(container, "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}")
 
 
 class Run:
@@ -173,7 +168,7 @@ class Run:
         self.ts = Stack(
             run_dir=self.run_dir,
             model_store=self.store,
-            host=address(ts),
+            host=addresses(ts)[0],
             inference_port=8085,
             management_port=8086,
             metrics_port=8082,
@@ -358,13 +353,13 @@ class Run:
         gateway, senders, prefix = self.containers["gateway"], 60, 3 * 2**20
         url = httpx.URL(self.gateway_url)
         head = slow_upload_head(url.host, b"\xff" * prefix)
-        before = peak = container_memory_mib(gateway)
+        before = peak = memory_mib(gateway)
         with ThreadPoolExecutor(max_workers=senders) as pool:
             # each sends 3 MiB at once, then a byte a second, and gives up after 8 s
             held = [pool.submit(trickle, url.host, url.port, head, b"x", 1.0, 8) for _ in range(senders)]
             answered = []
             while not all(future.done() for future in held):
-                peak = max(peak, container_memory_mib(gateway))
+                peak = max(peak, memory_mib(gateway))
                 answered.append(self.predicts())
         cut = sum(1 for future in held if (future.result() or b"").startswith(b"HTTP/1.1 429"))
         # per connection: the 256 KiB memory buffer and 1 MiB for the copies of one socket read (as
@@ -398,7 +393,7 @@ class Run:
         return f"unknown version -> 404 {codes[0]}; a version with no worker -> 503 {codes[1]}"
 
     def prometheus_and_dashboard(self, compose: Compose) -> str:
-        url = f"http://{address(self.containers['prometheus'])}:9090"
+        url = f"http://{addresses(self.containers['prometheus'])[0]}:9090"
         wanted = {"gateway": "up", "torchserve": "up"}
         # A target restarted moments ago (the crash check) stays "down" until its next scrape (every 15 s).
         deadline = time.monotonic() + 45
@@ -435,17 +430,6 @@ class Run:
     def grafana_healthy(self, grafana: str) -> str:
         wait_until(lambda: health(grafana) == "healthy", "grafana healthy", 180)
         return f"healthy on 127.0.0.1:{self.env['GRAFANA_PORT']}"
-
-
-def container_memory_mib(container: str) -> float:
-    """What a container holds in memory that the kernel cannot drop: anonymous pages plus tmpfs (shmem)."""
-    stat = quiet(
-        "docker", "exec", container, "sh", "-c",
-        "cat /sys/fs/cgroup/memory.stat 2>/dev/null || cat /sys/fs/cgroup/memory/memory.stat",
-    ).stdout  # fmt: skip
-    values = dict(line.split() for line in stat.splitlines() if len(line.split()) == 2)
-    anon = values["anon"] if "anon" in values else values["rss"]  # cgroup v2, v1
-    return (int(anon) + int(values["shmem"])) / 2**20
 
 
 def dashboard_targets(node: dict):

@@ -1,9 +1,10 @@
-"""A Docker engine, Compose and the base images the stack's Dockerfiles start FROM.
+"""A Docker engine, what its containers report, Compose, and the base images the Dockerfiles start FROM.
 
-Used by containers/compose_check.py. Where an engine answers it is used as it is; where
-none does, Debian's docker.io is installed and started, and only what was started
-here is stopped again. Base images are pulled where a registry gives them; where
-Docker Hub is unreachable they are built locally from Debian bookworm packages
+Used by containers/compose_check.py, containers/swarm.py and containers/swarm_check.py. Where an
+engine answers it is used as it is; where none does, Debian's docker.io is installed and started,
+and only what was started here is stopped again. A running container's address, health and
+memory come from ``docker inspect`` and its cgroup. Base images are pulled where a registry gives
+them; where Docker Hub is unreachable they are built locally from Debian bookworm packages
 (debootstrap + ``docker import``, then docker/local/*.Dockerfile) and tagged so that
 serving/Dockerfile and gateway/Dockerfile build unchanged.
 """
@@ -112,6 +113,32 @@ class Engine:
         except subprocess.TimeoutExpired:
             self.started.kill()
             self.started.wait()
+
+
+def inspect(container: str, template: str) -> str:
+    """One field of ``docker inspect``, by Go template."""
+    return quiet("docker", "inspect", "-f", template, container).stdout.strip()
+
+
+def addresses(container: str) -> list[str]:
+    """The container's address on each of its networks: reachable from this host over the Docker bridge."""
+    return inspect(container, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}").split()
+
+
+def health(container: str) -> str:
+    """Its health check's status (``healthy``, ``starting``, ``unhealthy``), or ``none`` without one."""
+    return inspect(container, "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}")
+
+
+def memory_mib(container: str) -> float:
+    """What a container holds in memory that the kernel cannot drop: anonymous pages plus tmpfs (shmem)."""
+    stat = quiet(
+        "docker", "exec", container, "sh", "-c",
+        "cat /sys/fs/cgroup/memory.stat 2>/dev/null || cat /sys/fs/cgroup/memory/memory.stat",
+    ).stdout  # fmt: skip
+    values = dict(line.split() for line in stat.splitlines() if len(line.split()) == 2)
+    anon = values["anon"] if "anon" in values else values["rss"]  # cgroup v2, v1
+    return (int(anon) + int(values["shmem"])) / 2**20
 
 
 def compose_command() -> list[str]:

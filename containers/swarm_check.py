@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import Load
-from containers.engine import ROOT, Engine, SetupError, quiet, run
+from containers.engine import ROOT, Engine, SetupError, addresses, quiet, run
 from containers.swarm import Stack, build_images, join_or_init, leave, self_signed, tasks
 from operations.stack import free_port
 
@@ -225,11 +225,10 @@ class SwarmCheck:
 
     def kill(self, stack: Stack) -> None:
         victim = next(t for t in tasks(stack.service("replica")) if t["state"] == "running")
-        address = quiet("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                        victim["container"]).stdout.split()  # fmt: skip
+        ips = addresses(victim["container"])
 
         def kill_one() -> tuple[int, float]:
-            in_flight = in_flight_at(stack, address)
+            in_flight = in_flight_at(stack, ips)
             killed = time.monotonic()
             quiet("docker", "kill", victim["container"])
             stack.wait_ready(self.plan.replicas, 600)
@@ -275,18 +274,18 @@ print(ask("show stat"))
 """
 
 
-def in_flight_at(stack: Stack, addresses: list[str]) -> int:
-    """Requests HAProxy has open on the server slot holding one of ``addresses`` (its runtime API: scur)."""
+def in_flight_at(stack: Stack, ips: list[str]) -> int:
+    """Requests HAProxy has open on the server slot holding one of ``ips`` (its runtime API: scur)."""
     balancer = next(t["container"] for t in tasks(stack.service("balancer")))
     out = quiet("docker", "exec", balancer, "python", "-c", RUNTIME_API).stdout
     state, stat = out.split("@@", 1)
-    slot = next((f[3] for f in (line.split() for line in state.splitlines()) if len(f) > 4 and f[4] in addresses), None)
+    slot = next((f[3] for f in (line.split() for line in state.splitlines()) if len(f) > 4 and f[4] in ips), None)
     header, *rows = [line.lstrip("# ").split(",") for line in stat.splitlines() if line.strip()]
     for fields in rows:
         row = dict(zip(header, fields, strict=False))
         if row.get("pxname") == "replicas" and row.get("svname") == slot:
             return int(row.get("scur") or 0)
-    raise KeyError(f"no balancer slot holds {addresses}: {state.strip()}")
+    raise KeyError(f"no balancer slot holds {ips}: {state.strip()}")
 
 
 def write_report(check: SwarmCheck, took: float) -> str:
