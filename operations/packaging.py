@@ -173,7 +173,9 @@ def stage_gate_set(
     if unknown:
         raise PackagingError(f"gate set {source} labels classes {unknown} the weights do not know")
     if gate.task != "classify" and not labelled:
-        raise SystemExit(f"gate set {source} labels no object: the label files of its {len(items)} images are empty")
+        raise PackagingError(
+            f"gate set {source} labels no object: the label files of its {len(items)} images are empty"
+        )
     if gate.task == "pose" and not any(k[2] > 0 for item in items for o in item["objects"] for k in o["keypoints"]):
         raise PackagingError(f"gate set {source} labels no visible keypoint (visibility > 0)")
     gate_yaml = gate.root / GATE_YAML
@@ -301,7 +303,7 @@ def training_data(raw: Path | str | None) -> Path | None:
         return None
     path = Path(raw).expanduser().resolve()
     if not path.exists():
-        raise SystemExit(
+        raise PackagingError(
             f"--train-data {raw}: {path} does not exist; give the dataset yaml or folder the weights were trained on"
         )
     if not (path.is_dir() or path.suffix in (".yaml", ".yml")):
