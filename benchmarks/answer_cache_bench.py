@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.capture_bench import rotating, second_gateway
+from benchmarks.capture_bench import package_v1, rotating, second_gateway
 from benchmarks.measure import percentile
 from models.generate_dataset import sample
 from operations.stack import Stack, free_port, running, stop_service, wait_until
@@ -36,12 +36,6 @@ from operations.stack import Stack, free_port, running, stop_service, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 SEED, WARM_UP_SEED = 9011, 9012  # no reference, test or other bench renders these
 WARM_UP = 10  # distinct parts each gateway answers first, unmeasured (and never repeated in the stream)
-
-
-def package(store: Path) -> None:
-    command = ["bash", "scripts/package_mar.sh", "--weights", "models/weights/v1.0/best.pt", "--version", "1.0",
-               "--store", str(store), "--gate-data", "samples"]  # fmt: skip
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
 
 
 def stream(requests: int, pool: int, seed: int = SEED) -> list[int]:
@@ -156,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cache-bench-") as tmp:
         work = Path(tmp)
         (work / "store").mkdir()
-        package(work / "store")
+        package_v1(work / "store")
         stack = Stack.private(work / "run", work / "store")
         with running(stack, "1.0"), redis_server(work) as redis_url:
             gateways = {"off": stack, "memory": cached_gateway(stack, work / "gateway-memory", "memory")}

@@ -55,8 +55,9 @@ from benchmarks.measure import (
     multipart,
 )
 from benchmarks.peers import PEERS, PeerProcess, ensure_peers_venv, peer_model
-from operations.packaging import DEFAULT_FORMAT
+from operations.packaging import DEFAULT_FORMAT, PackagingError, package
 from operations.stack import ROOT, Stack, free_port, running
+from serving.yolo_files import archive_config
 
 TEMPLATE = ROOT / "serving" / "model-config.yaml"
 WARM_UP_S = 3  # per path, before anything is measured: JIT, first batches, connection pools
@@ -121,8 +122,8 @@ def sweep_configs() -> list[Config]:
     return grid
 
 
-def package(config: Config, weights: Path, store: Path) -> Path:
-    """The operator's packaging command, with this configuration's model-config."""
+def package_config(config: Config, weights: Path, store: Path) -> Path:
+    """Package ``weights`` as the operator does, with this configuration's model-config."""
     template = yaml.safe_load(TEMPLATE.read_text())
     template.update(
         minWorkers=config.workers,
@@ -136,12 +137,11 @@ def package(config: Config, weights: Path, store: Path) -> Path:
     template["handler"]["reduced_decode"] = config.reduced_decode
     model_config = store / f"{config.name}.yaml"
     model_config.write_text(yaml.safe_dump(template, sort_keys=False))
-    cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights), "--version", "1.0"]
-    cmd += ["--store", str(store), "--config", str(model_config), "--format", config.format, "--force"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"packaging {config.name} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return store / "yolo_v1.0.mar"
+    try:
+        built = package(weights, "1.0", store, fmt=config.format, config=model_config, force=True, log=lambda _: None)
+    except PackagingError as exc:
+        raise SystemExit(f"packaging {config.name} failed: {exc}") from None
+    return built.archive
 
 
 def measure_in_process(archive: Path, work: Path, config: Config, args: argparse.Namespace) -> dict:
@@ -150,7 +150,7 @@ def measure_in_process(archive: Path, work: Path, config: Config, args: argparse
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(model_dir)
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        imgsz = yaml.safe_load(mar.read("model-config.yaml"))["handler"]["imgsz"]
+    imgsz = archive_config(archive)["handler"]["imgsz"]
     model_file = model_dir / manifest["model"]["serializedFile"]
     cmd = [sys.executable, "-m", "benchmarks.bench", "--in-process", str(model_file), "--imgsz", str(imgsz)]
     cmd += ["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)]
@@ -189,13 +189,13 @@ def measure_served(archive: Path, work: Path, args: argparse.Namespace) -> dict:
     return out
 
 
-def measure_peers(work: Path, args: argparse.Namespace) -> dict:
+def measure_peers(archive: Path, work: Path, args: argparse.Namespace) -> dict:
     """Each peer on a free port: wait until it answers, warm up, c1 and saturation with its CPU, stop it."""
     bodies = [multipart(p.name, p.read_bytes()) for p in SAMPLES]
     load_generator = [psutil.Process()]
     out = {}
     for peer in PEERS:
-        model, imgsz = peer_model(peer, work / "unpacked", work / "peer", args.weights.resolve())
+        model, imgsz = peer_model(peer, archive, work / "unpacked", work / "peer", args.weights.resolve())
         print(f"== peer {peer}: {model.name}, imgsz {imgsz}", flush=True)
         kind = peer.removesuffix("-pt")
         with PeerProcess(kind, model, imgsz, free_port(), work / f"peer-{peer}.log") as server:
@@ -222,13 +222,13 @@ def run_config(config: Config, args: argparse.Namespace, in_process: bool = True
         work = Path(tmp)
         store = work / "store"
         store.mkdir()
-        archive = package(config, args.weights.resolve(), store)
+        archive = package_config(config, args.weights.resolve(), store)
         entry = {"config": asdict(config), "label": config.label}
         if in_process:
             entry["in_process"] = measure_in_process(archive, work, config, args)
         entry.update(measure_served(archive, work, args))
         if peers:
-            entry["peers"] = measure_peers(work, args)
+            entry["peers"] = measure_peers(archive, work, args)
     print(json.dumps({k: v for k, v in entry.items() if k not in ("config", "memory", "peers")}), flush=True)
     return entry
 

@@ -24,6 +24,7 @@ import httpx
 
 from benchmarks.measure import percentile
 from models.generate_dataset import sample
+from operations.packaging import package
 from operations.stack import Stack, free_port, http_ok, running, start_gateway, stop_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +32,10 @@ SEED = 9007
 SHARES = {"10 % at random": 0.1, "every answer": 1.0}
 
 
-def package(store: Path) -> None:
-    import subprocess
-
-    command = ["bash", "scripts/package_mar.sh", "--weights", "models/weights/v1.0/best.pt", "--version", "1.0",
-               "--store", str(store), "--gate-data", "samples"]  # fmt: skip
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+def package_v1(store: Path) -> None:
+    """yolo_v1.0.mar in ``store``, as `make up` packages it (our samples as its gate set)."""
+    weights = ROOT / "models" / "weights" / "v1.0" / "best.pt"
+    package(weights, "1.0", store, gate_data=ROOT / "samples", log=lambda _: None)
 
 
 def second_gateway(stack: Stack, run_dir: Path, env: dict[str, str], what: str = "capturing gateway") -> Stack:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="capture-bench-") as tmp:
         work = Path(tmp)
         (work / "store").mkdir()
-        package(work / "store")
+        package_v1(work / "store")
         stack = Stack.private(work / "run", work / "store")
         with running(stack, "1.0"):
             gateways = {"off": stack}

@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from models.generate_dataset import generate, sample
+from operations.packaging import package
 from operations.stack import Stack, running
 from retraining.captured import export, import_into
 from retraining.datasets.layout import CAPTURES_FILE
@@ -153,15 +153,10 @@ def eval_sets(work: Path, count: int) -> dict[str, Path]:
 
 
 def package_incumbent(store: Path, train_data: Path, reference: Path | None) -> None:
-    command = [
-        "bash", "scripts/package_mar.sh", "--weights", "models/weights/v2.0/best.pt", "--version", "2.0",
-        "--store", str(store), "--gate-data", "samples", "--train-data", str(train_data),
-    ]  # fmt: skip
-    if reference is not None:
-        command += ["--reference", str(reference)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"packaging v2.0 failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    """yolo_v2.0.mar, the incumbent: our samples as its gate set, ``train_data`` as its training data."""
+    weights = ROOT / "models" / "weights" / "v2.0" / "best.pt"
+    package(weights, "2.0", store, gate_data=ROOT / "samples", train_data=train_data, reference=reference,
+            log=lambda _: None)  # fmt: skip
 
 
 def run(plan: Plan, work: Path, clock: Clock) -> dict:

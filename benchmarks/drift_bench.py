@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from drift.calibrate import HELD_OUT_SHARE, build_reference
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Detector, Reference, class_total
 from drift.offline import answers, handler_for, signals_of
 from models.generate_dataset import DEFAULT_SIZE, encode_jpeg, image_rng, render
+from operations.packaging import package
 from serving.yolo_contract import CLASS_MIX, DRIFT_REFERENCE_FILE
 from serving.yolo_files import image_files
 
@@ -219,13 +219,9 @@ def calibration_pools(rows: list[dict], reference: Reference, threshold: float) 
 
 
 def package_v2(store: Path) -> Path:
-    archive = store / "yolo_v2.0.mar"
-    cmd = [
-        "bash", "scripts/package_mar.sh", "--weights", "models/weights/v2.0/best.pt", "--version", "2.0",
-        "--store", str(store), "--reference", str(REFERENCE_IMAGES / "images"), "--force",
-    ]  # fmt: skip
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return archive
+    """yolo_v2.0.mar with a drift reference computed from the bench's reference images."""
+    weights = ROOT / "models" / "weights" / "v2.0" / "best.pt"
+    return package(weights, "2.0", store, reference=REFERENCE_IMAGES / "images", force=True).archive
 
 
 def ensure_images(folder: Path, seed: int) -> list[Path]:

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Annotated
 
 import psutil
-import yaml
 from fastapi import FastAPI, File, UploadFile
+
+from serving.yolo_files import archive_config
 
 try:
     import litserve as ls
@@ -140,11 +141,11 @@ def serve(kind: str, model: str, imgsz: int, port: int) -> None:
         uvicorn.run(fastapi_app(model, imgsz), host="127.0.0.1", port=port, log_level="warning")
 
 
-def peer_model(peer: str, unpacked: Path, work: Path, weights: Path) -> tuple[Path, int]:
-    """What ``peer`` loads and at which size: the OpenVINO model of an unpacked archive, laid out the way
-    ``yolo export format=openvino`` leaves it (a ``*_openvino_model`` directory), or the eager weights;
-    and the archive's image size."""
-    imgsz = yaml.safe_load((unpacked / "model-config.yaml").read_text())["handler"]["imgsz"]
+def peer_model(peer: str, archive: Path, unpacked: Path, work: Path, weights: Path) -> tuple[Path, int]:
+    """What ``peer`` loads and at which size: the OpenVINO model of ``archive`` unpacked in ``unpacked``, laid
+    out the way ``yolo export format=openvino`` leaves it (a ``*_openvino_model`` directory), or the eager
+    weights; and the archive's image size."""
+    imgsz = archive_config(archive)["handler"]["imgsz"]
     if peer.endswith("-pt"):
         return weights, imgsz
     xml = unpacked / json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]["serializedFile"]

@@ -26,7 +26,6 @@ import io
 import json
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from benchmarks.hostile import slow_upload_head
 from benchmarks.hostile import trickle as slow_client
 from benchmarks.loadtest import stack_processes
 from gateway.settings import Settings
+from operations.packaging import package
 from operations.stack import ROOT, Stack, running
 
 SAMPLES = ROOT / "samples"
@@ -253,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args.reports.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="soak-") as work:
         store = Path(work) / "store"
-        store.mkdir()
-        cmd = ["bash", "scripts/package_mar.sh", "--weights", str(WEIGHTS), "--version", "1.0", "--store", str(store)]
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        package(WEIGHTS, "1.0", store, log=lambda _: None)
         with running(Stack.private(Path(work) / "run", store), "1.0") as stack:
             result = run(args, stack)
     report = markdown(result, warmup_s=min(120.0, args.duration / 10))

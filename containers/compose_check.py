@@ -50,6 +50,7 @@ from containers.engine import (
     torch_index_url,
 )
 from operations.archives import DeployError
+from operations.packaging import package
 from operations.releases import deploy, load_version, rollback
 from operations.stack import Stack, free_port, wait_until
 from quality.geometry import box_iou as iou
@@ -115,13 +116,10 @@ class Run:
         self.store.mkdir(mode=0o755)
         ensure_images(REFERENCE_IMAGES, REFERENCE_SEED)
         for version in ("1.0", "2.0"):
-            weights = f"models/weights/v{version}/best.pt"
-            store = str(self.store)
-            packaged = run(
-                "bash", "scripts/package_mar.sh", "--weights", weights, "--version", version, "--store", store,
-                "--gate-data", "samples", "--reference", str(REFERENCE_IMAGES / "images"), capture_output=True,
-            )  # fmt: skip
-            print(*[line for line in packaged.stdout.splitlines() if line.startswith(("archive:", "sha256:"))])
+            weights = ROOT / "models" / "weights" / f"v{version}" / "best.pt"
+            built = package(weights, version, self.store, gate_data=ROOT / "samples",
+                            reference=REFERENCE_IMAGES / "images", log=lambda _: None)  # fmt: skip
+            print(f"archive: {built.archive} sha256: {built.sha256}")
         for path in [self.tmp, self.store, *self.store.iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)  # the containers run as UID 1000
 

@@ -30,8 +30,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import Load
-from containers.engine import ROOT, Engine, SetupError, addresses, quiet, run
+from containers.engine import ROOT, Engine, SetupError, addresses, quiet
 from containers.swarm import Stack, build_images, join_or_init, leave, self_signed, tasks
+from operations.packaging import package
 from operations.stack import free_port
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
@@ -72,9 +73,8 @@ class SwarmCheck:
         store = self.tmp / "model-store"
         store.mkdir()
         for version in ("1.0", "2.0"):
-            run("bash", "scripts/package_mar.sh", "--weights", f"models/weights/v{version}/best.pt", "--version",
-                version, "--store", str(store), "--gate-data", "samples", "--workers", "1", cwd=ROOT,
-                capture_output=True)  # fmt: skip
+            weights = ROOT / "models" / "weights" / f"v{version}" / "best.pt"
+            package(weights, version, store, gate_data=ROOT / "samples", workers=1, log=lambda _: None)
         # An archive that cannot load: v1.0's first half (a truncated zip), as a failed copy leaves it.
         good = (store / "yolo_v1.0.mar").read_bytes()
         (store / "yolo_v9.9.mar").write_bytes(good[: len(good) // 2])

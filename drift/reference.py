@@ -26,42 +26,42 @@ ADVISED_IMAGES = 1000
 MIN_IMAGES = 200  # below this the calibration half cannot support any useful threshold
 
 
-def reference_images(folder: Path) -> list[Path]:
-    """The reference images of ``folder``, or SystemExit naming the folder and what is wrong."""
+def reference_images(folder: Path, log=print) -> list[Path]:
+    """The reference images of ``folder``, or ValueError naming the folder and what is wrong; a warning
+    through ``log`` when there are fewer than advised."""
     if not folder.is_dir():
-        raise SystemExit(f"error: --reference {folder}: not a folder of images")
+        raise ValueError(f"--reference {folder}: not a folder of images")
     images = image_files(folder)
     if len(images) < MIN_IMAGES:
-        raise SystemExit(
-            f"error: --reference {folder} has {len(images)} images; a drift reference needs at least {MIN_IMAGES} "
+        raise ValueError(
+            f"--reference {folder} has {len(images)} images; a drift reference needs at least {MIN_IMAGES} "
             f"(advised: {ADVISED_IMAGES} or more, as the model will see them on the line)"
         )
     if len(images) < ADVISED_IMAGES:
-        print(
+        log(
             f"warning: --reference {folder} has {len(images)} images; with fewer than {ADVISED_IMAGES} the "
-            "predicted false-alarm rate is less reliable",
-            flush=True,
+            "predicted false-alarm rate is less reliable"
         )
     return images
 
 
-def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int = 0) -> Reference:
-    """Compute ``archive``'s drift reference from ``images`` (``reference_images(folder)``) and add it."""
+def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int = 0, log=print) -> Reference:
+    """Compute ``archive``'s drift reference from ``images`` (``reference_images(folder)``) and add it; ValueError
+    when the model refuses some of them."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
         handler = handler_for(archive, Path(tmp))
         rows, refused = signals_of(handler, (path.read_bytes() for path in images))
     if refused:
-        raise SystemExit(f"error: --reference {folder}: the model refused {len(refused)} images, e.g. {refused[0]}")
+        raise ValueError(f"--reference {folder}: the model refused {len(refused)} images, e.g. {refused[0]}")
     measured = time.perf_counter() - started
     reference = build_reference(rows, seed)
     with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as mar:
         mar.writestr(DRIFT_REFERENCE_FILE, json.dumps(reference.stored(), separators=(",", ":")))
     _, predicted = reference.threshold(DEFAULT_TARGET_ERT, MARGIN)
-    print(
+    log(
         f"drift reference ok: {len(rows)} images ({reference.fit_images} fit, {reference.calibration_images} "
         f"calibrate) in {measured:.0f} s, {len(reference.signals)} signals, predicted ERT {predicted:,.0f} requests "
-        f"at the default target {DEFAULT_TARGET_ERT:,}",
-        flush=True,
+        f"at the default target {DEFAULT_TARGET_ERT:,}"
     )
     return reference

@@ -1,5 +1,10 @@
 """Build a versioned TorchServe archive (serving/model-store/<name>_v<version>.mar) from YOLO weights.
 
+``package()`` is the one way to build one: retraining, the benches and the tests call it in-process,
+and ``scripts/package_mar.sh`` (``python -m scripts.package_mar``) is its command line. A refusal
+raises ``PackagingError`` with the reason and the fix; the flags named below are the command line's
+names of ``package()``'s arguments.
+
 The weights are loaded and run on a sample image before anything is packaged, so a
 broken file never becomes an archive. Their task (detect, segment, pose, obb, classify),
 class names and keypoint names are read from the weights and recorded in the archive's
@@ -8,7 +13,7 @@ overwritten unless ``--force`` is given: a version number must always mean the s
 
 ``--gate-data DIR`` puts a small labelled set (and the score it must reach) into the
 archive, under ``gate/``: ``deploy.sh`` gates the version on it before it takes traffic. The set
-may come in Ultralytics' own dataset layouts (``quality.gate_metrics.find_gate_set``); the archive
+may come in Ultralytics' own dataset layouts (``quality.gate_sets.find_gate_set``); the archive
 carries it in one. Its gate.yaml is optional: the task is the weights', the metric the task's, the
 threshold ``--gate-threshold``'s. Without ``--gate-data``, the gate set of the archive the model's
 cold-start pointer (``<name>_current.mar``) names is reused when it fits the weights (same task and
@@ -26,7 +31,6 @@ exported model is run once before it is archived, like the source weights.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,13 +38,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from serving.yolo_contract import FORMATS, NAME_RE, TASKS, VERSION_RE
+from operations.weights import WeightFacts, WeightsError, load_weights, weight_facts
+from serving.yolo_contract import FORMATS, NAME_RE, VERSION_RE
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = ROOT / "serving"
@@ -59,64 +64,6 @@ HANDLER_MODULES = (
 DEFAULT_FORMAT = "openvino"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="package_mar.sh",
-        description="Package YOLO weights into a versioned TorchServe .mar archive.",
-    )
-    parser.add_argument(
-        "--weights", default="models/weights/best.pt", help="Ultralytics weights of any task (default: %(default)s)"
-    )
-    parser.add_argument("--version", default="1.0", help="model version, e.g. 1.0 or 2.1.3 (default: %(default)s)")
-    parser.add_argument("--name", default="yolo", help="model name served by TorchServe (default: %(default)s)")
-    parser.add_argument(
-        "--imgsz", type=int, help="inference image size (default: the size the weights were trained at)"
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=DEFAULT_FORMAT,
-        help="model format inside the archive; exported from the weights while packaging (default: %(default)s)",
-    )
-    parser.add_argument("--store", default="serving/model-store", help="model store directory (default: %(default)s)")
-    parser.add_argument(
-        "--config", default="serving/model-config.yaml", help="model-config template (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--gate-data",
-        metavar="DIR",
-        help="labelled gate set to carry in the archive, in Ultralytics' layout: a folder with data.yaml (its val "
-        "split, or images/val + labels/val, or images/ + labels/) or the dataset yaml itself; for classify one "
-        "folder per class, or val/<class>/; a gate.yaml in it may give the threshold. Without --gate-data, the gate "
-        "set of <name>_current.mar is reused when it fits the weights (see README)",
-    )
-    parser.add_argument(
-        "--reference",
-        help="folder of images as the line sees them (>= 1,000 advised): the archive carries a drift reference "
-        "computed from them, calibrated for the gateway's drift detectors (see README)",
-    )
-    parser.add_argument(
-        "--gate-threshold",
-        type=float,
-        metavar="X",
-        help="score in (0, 1] the gate set must reach: recall (detect, segment, obb), PCK (pose) or top-1 "
-        "(classify); overrides gate.yaml's threshold",
-    )
-    parser.add_argument(
-        "--train-data",
-        metavar="PATH",
-        help="the dataset yaml or folder the weights were trained on, recorded in the archive's lineage.json "
-        "(with the source weights, always carried) for retraining",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="worker processes TorchServe runs for this model (default: the config's minWorkers/maxWorkers)",
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing archive of the same version")
-    return parser.parse_args(argv)
-
-
 def archive_path(store: Path, name: str, version: str) -> Path:
     return store / f"{name}_v{version}.mar"
 
@@ -129,58 +76,27 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class WeightsInfo:
-    """What packaging learns from the weights and records in the archive."""
-
-    task: str
-    imgsz: int
-    names: dict[int, str]
-    kpt_names: list[str] | None
-    architecture: str  # "rtdetr" or "yolo": how the handler prepares the input and reads the output
+class PackagingError(Exception):
+    """A refusal to package, saying what is wrong and how to fix it; nothing is left in the store."""
 
 
-def check_weights(weights: Path, imgsz: int | None) -> WeightsInfo:
-    """Load the weights and run one prediction; refuse what the handler cannot serve, saying why."""
-    from ultralytics import RTDETR, YOLO
-
+def check_weights(weights: Path, imgsz: int | None) -> WeightFacts:
+    """Load the weights, read their facts and run one prediction; refuse what the handler cannot serve."""
     try:
-        model = YOLO(str(weights))
-        if type(model.model).__name__.startswith("RTDETR"):
-            model = RTDETR(str(weights))  # its own predictor: a stretched input and no NMS
-    except Exception as exc:  # any loader failure means "not usable weights"
-        raise SystemExit(f"error: {weights} does not load as Ultralytics weights: {exc}") from exc
-    if model.task not in TASKS:
-        raise SystemExit(f"error: {weights} is a {model.task!r} model; the handler serves {', '.join(TASKS)} weights.")
-    if type(model.model).__name__.startswith(("YOLOE", "World")):
-        raise SystemExit(
-            f"error: {weights} is an open-vocabulary {type(model.model).__name__}; set its classes and save it as a "
-            "plain model first (model.set_classes(...); model.save(...)), or export it, to serve it."
-        )
-    trained = model.ckpt.get("train_args", {}).get("imgsz") if isinstance(getattr(model, "ckpt", None), dict) else None
-    size = int(imgsz or (trained if isinstance(trained, int) else None) or 640)
-    if size % 32:
-        raise SystemExit(f"error: image size must be a multiple of 32, got {size}")
+        model = load_weights(weights)
+        facts = weight_facts(model, imgsz)
+    except WeightsError as exc:
+        raise PackagingError(str(exc)) from exc.__cause__
     sample = next(iter(sorted((ROOT / "samples").glob("*.jpg"))), None)
-    source = str(sample) if sample else np.full((size, size, 3), 114, dtype=np.uint8)
+    source = str(sample) if sample else np.full((facts.imgsz, facts.imgsz, 3), 114, dtype=np.uint8)
     try:
-        model.predict(source, imgsz=size, device="cpu", verbose=False)
+        model.predict(source, imgsz=facts.imgsz, device="cpu", verbose=False)
     except Exception as exc:
-        raise SystemExit(f"error: {weights} loads but fails to predict: {exc}") from exc
-    kpt_names = _keypoint_names(model) if model.task == "pose" else None
-    architecture = "rtdetr" if type(model.model).__name__.startswith("RTDETR") else "yolo"
-    return WeightsInfo(model.task, size, {int(k): str(v) for k, v in model.names.items()}, kpt_names, architecture)
+        raise PackagingError(f"{weights} loads but fails to predict: {exc}") from exc
+    return facts
 
 
-def _keypoint_names(model) -> list[str] | None:
-    """The names of the keypoints when the weights carry them (``kpt_names`` of the training data)."""
-    names = getattr(model.model, "kpt_names", None)
-    if isinstance(names, dict):  # Ultralytics keeps them per class; one skeleton is served
-        names = next(iter(names.values()), None)
-    return [str(n) for n in names] if names else None
-
-
-def render_config(template: Path, info: WeightsInfo, model_format: str, dest: Path, workers: int | None) -> None:
+def render_config(template: Path, info: WeightFacts, model_format: str, dest: Path, workers: int | None) -> None:
     config = yaml.safe_load(template.read_text())
     if workers:
         config["minWorkers"] = config["maxWorkers"] = workers
@@ -194,7 +110,7 @@ def render_config(template: Path, info: WeightsInfo, model_format: str, dest: Pa
     try:
         handler_config(handler)
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"error: {template}: handler section: {exc}") from None
+        raise PackagingError(f"{template}: handler section: {exc}") from None
     dest.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -209,10 +125,11 @@ def handler_config(section: dict) -> object:
 
 
 @dataclass(frozen=True)
-class StagedGate:
-    """A gate set checked against the weights and laid out for the archive."""
+class CarriedGate:
+    """The gate set an archive carries: where it came from, its task, how many images, and the score a deploy
+    must reach on it. The score itself is measured at deploy, by the gate on the serving stack, not here."""
 
-    folder: Path  # its contents go into the archive: gate/...
+    source: str  # the --gate-data folder, or "reused from <archive>"
     task: str
     images: int
     threshold: float
@@ -221,8 +138,16 @@ class StagedGate:
         return f"task {self.task}, {self.images} images, threshold {self.threshold:g}"
 
 
+@dataclass(frozen=True)
+class StagedGate:
+    """A gate set checked against the weights and laid out for the archive."""
+
+    folder: Path  # its contents go into the archive: gate/...
+    carried: CarriedGate
+
+
 def stage_gate_set(
-    source: Path, info: WeightsInfo, threshold: float | None, staging: Path, origin: str | None = None
+    source: Path, info: WeightFacts, threshold: float | None, staging: Path, origin: str | None = None
 ) -> StagedGate:
     """Check the gate set against the model and lay it out under ``gate/`` for the archive, in one layout.
 
@@ -233,26 +158,27 @@ def stage_gate_set(
     """
     from operations.archives import GATE_DIR
     from quality.gate_sets import GATE_YAML, METRICS, GateSetError, find_gate_set, gate_items, write_gate_set
+    from quality.tasks import task_of
 
     try:
         gate = find_gate_set(source, info.task)
         items = gate_items(gate)
     except (GateSetError, OSError) as exc:
-        raise SystemExit(f"error: gate set {source} is unusable: {exc}") from None
+        raise PackagingError(f"gate set {source} is unusable: {exc}") from None
     if gate.task != info.task:
-        raise SystemExit(f"error: gate set {source} is for a {gate.task} model; the weights are {info.task}")
+        raise PackagingError(f"gate set {source} is for a {gate.task} model; the weights are {info.task}")
     labelled = {obj["class"] for item in items for obj in item.get("objects", [])} | {
         item["class"] for item in items if "class" in item
     }
     unknown = sorted(labelled - set(info.names.values()))
     if unknown:
-        raise SystemExit(f"error: gate set {source} labels classes {unknown} the weights do not know")
-    if gate.task != "classify" and not labelled:
-        raise SystemExit(
-            f"error: gate set {source} labels no object: the label files of its {len(items)} images are empty"
+        raise PackagingError(f"gate set {source} labels classes {unknown} the weights do not know")
+    if not task_of(gate.task).classifies and not labelled:
+        raise PackagingError(
+            f"gate set {source} labels no object: the label files of its {len(items)} images are empty"
         )
     if gate.task == "pose" and not any(k[2] > 0 for item in items for o in item["objects"] for k in o["keypoints"]):
-        raise SystemExit(f"error: gate set {source} labels no visible keypoint (visibility > 0)")
+        raise PackagingError(f"gate set {source} labels no visible keypoint (visibility > 0)")
     gate_yaml = gate.root / GATE_YAML
     spec = dict(gate.spec)
     if "task" not in spec:
@@ -267,18 +193,18 @@ def stage_gate_set(
     try:
         spec["threshold"] = float(spec["threshold"])
     except (TypeError, ValueError):
-        raise SystemExit(f"error: {gate_yaml}: threshold {spec['threshold']!r} is not a number, e.g. 0.5") from None
+        raise PackagingError(f"{gate_yaml}: threshold {spec['threshold']!r} is not a number, e.g. 0.5") from None
     if not 0 < spec["threshold"] <= 1:
-        raise SystemExit(f"error: gate threshold must be in (0, 1], got {spec['threshold']}")
+        raise PackagingError(f"gate threshold must be in (0, 1], got {spec['threshold']}")
     spec.setdefault("source", origin or str(source))
     wrapper = staging / "gate-files"
     write_gate_set(gate, wrapper / GATE_DIR, spec)
-    return StagedGate(wrapper, gate.task, len(items), spec["threshold"])
+    return StagedGate(wrapper, CarriedGate(str(source), gate.task, len(items), spec["threshold"]))
 
 
-def no_threshold(source: Path, gate_yaml: Path) -> SystemExit:
-    return SystemExit(
-        f"error: gate set {source} has no threshold: add --gate-threshold 0.5 or write threshold: 0.5 in {gate_yaml}"
+def no_threshold(source: Path, gate_yaml: Path) -> PackagingError:
+    return PackagingError(
+        f"gate set {source} has no threshold: add --gate-threshold 0.5 or write threshold: 0.5 in {gate_yaml}"
     )
 
 
@@ -287,24 +213,25 @@ def precheck_gate_set(source: Path, threshold: float | None) -> None:
     from quality.gate_sets import GATE_YAML, GateSetError, read_gate_yaml
 
     if not source.exists():
-        raise SystemExit(f"error: --gate-data {source} does not exist")
+        raise PackagingError(f"--gate-data {source} does not exist")
     root = source if source.is_dir() else source.parent
     try:
         spec = read_gate_yaml(root)
     except GateSetError as exc:
-        raise SystemExit(f"error: gate set {source} is unusable: {exc}") from None
+        raise PackagingError(f"gate set {source} is unusable: {exc}") from None
     if threshold is None and spec.get("threshold") is None:
         raise no_threshold(source, root / GATE_YAML)
 
 
 def reuse_current_gate(
-    store: Path, name: str, info: WeightsInfo, threshold: float | None, staging: Path
-) -> tuple[StagedGate, str] | None:
+    store: Path, name: str, info: WeightFacts, threshold: float | None, staging: Path, log
+) -> StagedGate | None:
     """The gate set of the archive ``<name>_current.mar`` points at, staged again, when it fits the weights
-    (same task, and its classes are the weights'); (staged set, archive name), or None, saying why when one
-    was there but did not fit."""
+    (same task, and its classes are the weights'), or None, saying why through ``log`` when one was there but
+    did not fit."""
     from operations.archives import DeployError, current_archive, extract_gate_set
     from quality.gate_sets import GateSetError, find_gate_set
+    from quality.tasks import task_of
 
     current = current_archive(store, name)
     if current is None:
@@ -313,23 +240,25 @@ def reuse_current_gate(
         folder = extract_gate_set(current, staging / "current-gate")
         gate = find_gate_set(folder, info.task) if folder else None
     except (DeployError, GateSetError, OSError) as exc:
-        print(f"gate set: not reusing the one in {current.name}: {exc}", flush=True)
+        log(f"gate set: not reusing the one in {current.name}: {exc}")
         return None
     if gate is None:
-        print(f"gate set: {current.name} carries none to reuse", flush=True)
+        log(f"gate set: {current.name} carries none to reuse")
         return None
     theirs, ours = set(gate.names.values()), set(info.names.values())
     if gate.task != info.task:
         why = f"it is for a {gate.task} model; the weights are {info.task}"
-    elif not (theirs <= ours if gate.task == "classify" else theirs == ours):
+    elif not (theirs <= ours if task_of(gate.task).classifies else theirs == ours):  # a classifier may add classes
         why = f"its classes {sorted(theirs)} are not the weights' {sorted(ours)}"
     else:
-        return stage_gate_set(folder, info, threshold, staging, origin=current.name), current.name
-    print(f"gate set: not reusing the one in {current.name}: {why}", flush=True)
+        staged = stage_gate_set(folder, info, threshold, staging, origin=current.name)
+        log(f"gate set: reusing the one in {current.name} ({staged.carried.summary()})")
+        return replace(staged, carried=replace(staged.carried, source=f"reused from {current.name}"))
+    log(f"gate set: not reusing the one in {current.name}: {why}")
     return None
 
 
-def lineage_parent(store: Path, name: str, version: str) -> str | None:
+def lineage_parent(store: Path, name: str, version: str, log) -> str | None:
     """The version ``<name>_current.mar`` points at: the one a new version succeeds. Packaging again (--force)
     the version it points at keeps that version's own parent."""
     from operations.archives import DeployError, archive_lineage, archive_manifest, current_archive
@@ -341,7 +270,7 @@ def lineage_parent(store: Path, name: str, version: str) -> str | None:
         parent = archive_manifest(current).get("modelVersion")
         return archive_lineage(current).get("parent") if parent == version else parent
     except DeployError as exc:
-        print(f"warning: lineage records no parent: {exc}", flush=True)
+        log(f"warning: lineage records no parent: {exc}")
         return None
 
 
@@ -370,18 +299,17 @@ def stage_lineage(
     return wrapper, lineage
 
 
-def training_data(raw: str | None) -> Path | None:
+def training_data(raw: Path | str | None) -> Path | None:
     """``--train-data``, absolute; refused when it is not there."""
-    if not raw:
+    if raw is None or raw == "":
         return None
     path = Path(raw).expanduser().resolve()
     if not path.exists():
-        raise SystemExit(
-            f"error: --train-data {raw}: {path} does not exist; give the dataset yaml or folder the weights were "
-            "trained on"
+        raise PackagingError(
+            f"--train-data {raw}: {path} does not exist; give the dataset yaml or folder the weights were trained on"
         )
     if not (path.is_dir() or path.suffix in (".yaml", ".yml")):
-        raise SystemExit(f"error: --train-data {raw}: {path} is neither a dataset .yaml nor a folder")
+        raise PackagingError(f"--train-data {raw}: {path} is neither a dataset .yaml nor a folder")
     return path
 
 
@@ -401,7 +329,7 @@ def export_model(weights: Path, model_format: str, imgsz: int, staging: Path) ->
     try:
         exported = Path(YOLO(str(weights)).export(format=model_format, imgsz=imgsz, dynamic=True, device="cpu"))
     except Exception as exc:
-        raise SystemExit(f"error: exporting {weights.name} to {model_format} failed: {exc}") from exc
+        raise PackagingError(f"exporting {weights.name} to {model_format} failed: {exc}") from exc
     if model_format != "openvino":
         return exported, []
     xml = next(exported.glob("*.xml"))
@@ -425,133 +353,137 @@ def check_export(serialized: Path, imgsz: int, names: dict[int, str]) -> None:
         backend = AutoBackend(str(serialized), device=torch.device("cpu"), verbose=False)
         backend(torch.zeros(1, 3, imgsz, imgsz))
     except Exception as exc:
-        raise SystemExit(f"error: the exported model {serialized.name} fails to run: {exc}") from exc
+        raise PackagingError(f"the exported model {serialized.name} fails to run: {exc}") from exc
     if {int(k): str(v) for k, v in backend.names.items()} != names:
-        raise SystemExit(f"error: the exported model knows classes {backend.names}, the weights {names}")
+        raise PackagingError(f"the exported model knows classes {backend.names}, the weights {names}")
 
 
 @dataclass(frozen=True)
 class Packaged:
-    """What ``build`` made: the archive, where its gate set came from (None: ungated) and its lineage."""
+    """What ``package`` made: the archive and its sha256, the version and format it serves, the gate set it
+    carries (None: ungated, a deploy needs --no-gate), the folder its drift reference was computed from (None:
+    none, drift state no_reference) and its lineage (``lineage.json``)."""
 
     archive: Path
-    gate: str | None
+    sha256: str
+    version: str
+    format: str
+    gate: CarriedGate | None
+    reference: Path | None
     lineage: dict
 
 
-def build(args: argparse.Namespace) -> Packaged:
-    if not VERSION_RE.match(args.version):
-        raise SystemExit(f"error: version must look like 1.0 or 2.1.3, got {args.version!r}")
-    if not NAME_RE.match(args.name):
-        raise SystemExit(f"error: name must start with a letter, then letters, digits, '-' or '_', got {args.name!r}")
-    reference = None
-    if args.reference:
+def package(
+    weights: Path | str,
+    version: str,
+    store: Path | str,
+    *,
+    name: str = "yolo",
+    fmt: str = DEFAULT_FORMAT,
+    gate_data: Path | str | None = None,
+    gate_threshold: float | None = None,
+    reference: Path | str | None = None,
+    train_data: Path | str | None = None,
+    workers: int | None = None,
+    imgsz: int | None = None,
+    config: Path | str = SERVING / "model-config.yaml",
+    force: bool = False,
+    log=print,
+) -> Packaged:
+    """Build ``<store>/<name>_v<version>.mar`` from ``weights`` (see the module's docstring), or raise
+    PackagingError saying why not; progress lines and warnings go to ``log``. Relative paths are the
+    caller's working directory's."""
+    if not VERSION_RE.match(version):
+        raise PackagingError(f"version must look like 1.0 or 2.1.3, got {version!r}")
+    if not NAME_RE.match(name):
+        raise PackagingError(f"name must start with a letter, then letters, digits, '-' or '_', got {name!r}")
+    if fmt not in FORMATS:
+        raise PackagingError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    reference = Path(reference).resolve() if reference is not None else None
+    if reference is not None:
         from drift.reference import reference_images
 
-        reference = reference_images(Path(args.reference).resolve())  # a wrong folder fails before the slow part
-    if args.workers is not None and args.workers < 1:
-        raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
-    if args.gate_threshold is not None and not 0 < args.gate_threshold <= 1:
-        raise SystemExit(f"error: gate threshold must be in (0, 1], got {args.gate_threshold}")
-    if args.gate_data:
-        precheck_gate_set(Path(args.gate_data).resolve(), args.gate_threshold)
-    train_data = training_data(args.train_data)
-    weights = (ROOT / args.weights).resolve() if not os.path.isabs(args.weights) else Path(args.weights)
+        try:
+            images = reference_images(reference, log)  # a wrong folder fails before the slow part
+        except ValueError as exc:
+            raise PackagingError(str(exc)) from None
+    if workers is not None and workers < 1:
+        raise PackagingError(f"--workers must be at least 1, got {workers}")
+    if gate_threshold is not None and not 0 < gate_threshold <= 1:
+        raise PackagingError(f"gate threshold must be in (0, 1], got {gate_threshold}")
+    gate_data = Path(gate_data).resolve() if gate_data is not None else None
+    if gate_data is not None:
+        precheck_gate_set(gate_data, gate_threshold)
+    train_data = training_data(train_data)
+    weights = Path(weights).resolve()
     if not weights.is_file():
-        raise SystemExit(f"error: weights file not found: {args.weights}")
-    store = (ROOT / args.store).resolve()
+        raise PackagingError(f"weights file not found: {weights}")
+    store = Path(store).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    target = archive_path(store, args.name, args.version)
-    if target.exists() and not args.force:
-        raise SystemExit(
-            f"error: {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} exists; "
+    target = archive_path(store, name, version)
+    if target.exists() and not force:
+        raise PackagingError(
+            f"{target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} exists; "
             "a version is immutable, pick a new --version or pass --force"
         )
 
-    info = check_weights(weights, args.imgsz)
+    info = check_weights(weights, imgsz)
     shown = ", ".join(f"{i}={n}" for i, n in list(info.names.items())[:8]) + (", ..." if len(info.names) > 8 else "")
-    print(f"weights ok: {weights.name}, task {info.task}, {len(info.names)} classes ({shown}), imgsz {info.imgsz}")
-    parent = lineage_parent(store, args.name, args.version)
+    log(f"weights ok: {weights.name}, task {info.task}, {len(info.names)} classes ({shown}), imgsz {info.imgsz}")
+    parent = lineage_parent(store, name, version, log)
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:
         staging = Path(tmp)
-        gate_from = None  # what the summary says of the gate set: where it came from
-        if args.gate_data:
-            staged = stage_gate_set(Path(args.gate_data).resolve(), info, args.gate_threshold, staging)
-            gate_from = args.gate_data
-            print(f"gate set ok: {args.gate_data} ({staged.summary()})", flush=True)
-        elif reused := reuse_current_gate(store, args.name, info, args.gate_threshold, staging):
-            staged, gate_from = reused[0], f"reused from {reused[1]}"
-            print(f"gate set: reusing the one in {reused[1]} ({staged.summary()})", flush=True)
-        elif args.gate_threshold is not None:
-            raise SystemExit(
-                f"error: --gate-threshold {args.gate_threshold:g} has no gate set to apply to: pass --gate-data DIR"
+        if gate_data is not None:
+            staged = stage_gate_set(gate_data, info, gate_threshold, staging)
+            log(f"gate set ok: {gate_data} ({staged.carried.summary()})")
+        else:
+            staged = reuse_current_gate(store, name, info, gate_threshold, staging, log)
+        if staged is None and gate_threshold is not None:
+            raise PackagingError(
+                f"--gate-threshold {gate_threshold:g} has no gate set to apply to: pass --gate-data DIR"
             )
-        extras = [staged.folder] if gate_from else []
-        config = staging / "model-config.yaml"
-        render_config((ROOT / args.config).resolve(), info, args.format, config, args.workers)
+        extras = [staged.folder] if staged else []
+        model_config = staging / "model-config.yaml"
+        render_config(Path(config).resolve(), info, fmt, model_config, workers)
         source = staging / "model.pt"
         shutil.copyfile(weights, source)
-        serialized, exported = export_model(source, args.format, info.imgsz, staging)
+        serialized, exported = export_model(source, fmt, info.imgsz, staging)
         extras += exported
-        if args.format != "pt":
+        if fmt != "pt":
             check_export(serialized, info.imgsz, info.names)
-        print(f"format ok: {args.format} ({serialized.name})", flush=True)
+        log(f"format ok: {fmt} ({serialized.name})")
         lineage_files, lineage = stage_lineage(weights, serialized, train_data, parent, staging)
         extras.append(lineage_files)
-        subprocess.run(
-            [
-                str(Path(sys.executable).with_name("torch-model-archiver")),
-                "--model-name",
-                args.name,
-                "--version",
-                args.version,
-                "--serialized-file",
-                str(serialized),
-                "--handler",
-                str(SERVING / "yolo_handler.py"),
-                "--extra-files",
-                ",".join([*(str(SERVING / m) for m in HANDLER_MODULES), *map(str, extras)]),
-                "--config-file",
-                str(config),
-                "--export-path",
-                str(staging),
-                "--force",
-            ],
-            check=True,
-        )
-        built = staging / f"{args.name}.mar"
+        archive_files(name, version, serialized, extras, model_config, staging)
+        built = staging / f"{name}.mar"
         if reference is not None:
             from drift.reference import attach_reference
 
-            attach_reference(built, Path(args.reference).resolve(), reference)
+            try:
+                attach_reference(built, reference, images, log=log)
+            except ValueError as exc:
+                raise PackagingError(str(exc)) from None
         else:
-            print(
+            log(
                 "warning: no --reference: the gateway cannot watch this version for drift (state no_reference); "
-                "pass --reference DIR with >= 1,000 images as the line sees them",
-                flush=True,
+                "pass --reference DIR with >= 1,000 images as the line sees them"
             )
         partial = target.with_suffix(".mar.partial")
         shutil.move(str(built), partial)
         os.replace(partial, target)
-    return Packaged(target, gate_from, lineage)
+    gate = staged.carried if staged else None
+    return Packaged(target, sha256sum(target), version, fmt, gate, reference, lineage)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    built = build(args)
-    lineage = built.lineage
-    print(f"archive: {built.archive}")
-    print(f"sha256:  {sha256sum(built.archive)}")
-    print(f"version: {args.version}")
-    print(f"format:  {args.format}")
-    print(f"gate:    {built.gate or 'none (deploy needs --no-gate)'}")
-    print(f"drift:   {args.reference or 'no reference (drift state no_reference)'}")
-    print(
-        f"lineage: parent {lineage['parent'] or 'none'}, train data {lineage['train_data'] or 'not recorded'}, "
-        f"source weights {lineage['source_weights']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def archive_files(name: str, version: str, serialized: Path, extras: list[Path], config: Path, out: Path) -> None:
+    """``<out>/<name>.mar``: torch-model-archiver's archive of the model, the handler's modules and ``extras``."""
+    command = [
+        str(Path(sys.executable).with_name("torch-model-archiver")),
+        "--model-name", name, "--version", version, "--serialized-file", str(serialized),
+        "--handler", str(SERVING / "yolo_handler.py"),
+        "--extra-files", ",".join([*(str(SERVING / m) for m in HANDLER_MODULES), *map(str, extras)]),
+        "--config-file", str(config), "--export-path", str(out), "--force",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PackagingError(f"torch-model-archiver failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")

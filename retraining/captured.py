@@ -8,13 +8,13 @@ default archive was packaged from, so the labels use the model's own ids.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.capture.store import CaptureStore
 from gateway.state import StateError, open_store
 from operations.archives import DeployError, archive_for, extract_source_weights
 from operations.stack import Stack, current_version
+from operations.weights import WeightFacts, WeightsError, read_weight_facts
 from retraining.datasets.imports import import_labels
 from retraining.datasets.labelstudio import export_labelstudio
 from retraining.datasets.layout import ExportSummary, ImportSummary
@@ -23,28 +23,17 @@ from retraining.datasets.yolo import export_yolo
 FORMATS = ("yolo", "labelstudio")
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    task: str
-    names: dict[int, str]
-    kpt_names: list[str] | None
-
-
-def model_facts(stack: Stack) -> ModelFacts:
+def model_facts(stack: Stack) -> WeightFacts:
     """Task, class names and keypoint names of the stack model's default version, read from its weights."""
     version = current_version(stack)
     if version is None:
         raise DeployError(f"{stack.model_name} is not deployed on this stack: its task and classes are unknown")
-    from ultralytics import YOLO
-
     with tempfile.TemporaryDirectory() as folder:
-        model = YOLO(str(extract_source_weights(archive_for(stack, version), Path(folder))))
-        kpt_names = getattr(model.model, "kpt_names", None)
-        if isinstance(kpt_names, dict):
-            kpt_names = next(iter(kpt_names.values()), None)
-        return ModelFacts(
-            model.task, {int(k): str(v) for k, v in model.names.items()}, [str(n) for n in kpt_names or []] or None
-        )
+        weights = extract_source_weights(archive_for(stack, version), Path(folder))
+        try:
+            return read_weight_facts(weights)
+        except WeightsError as exc:
+            raise DeployError(f"{stack.model_name} {version}: {exc}") from exc
 
 
 def captured_rows(stack: Stack, reason: str | None = None, since: float | None = None) -> tuple[list[dict], object]:

@@ -9,7 +9,7 @@
 3. a brief fine-tune of the incumbent's own weights (``retraining.finetune``);
 4. a comparison on the held-out captures and on the incumbent's frozen gate set: a candidate
    that is not better on the first, or loses more than the tolerance on the second, stops here;
-5. the candidate archive, packaged by ``package_mar.sh`` with the merged gate set, the training
+5. the candidate archive, packaged by ``operations.packaging.package`` with the merged gate set, the training
    data it was fine-tuned on (the next retraining replays it) and a drift reference taken from
    the images captured since the drift alarm (the world as it is now);
 6. a gated canary, judged live by ``retraining.canary`` (its own drift state, its error rate
@@ -21,8 +21,6 @@ and the whole retraining is one MLflow run (``retraining.tracking``).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,8 +34,9 @@ from gateway.capture.store import CaptureStore
 from gateway.state import open_store
 from operations.archives import DeployError, archive_for, archive_lineage, extract_gate_set, extract_source_weights
 from operations.history import record
+from operations.packaging import PackagingError, package
 from operations.releases import promote, rollback, start_canary
-from operations.stack import ROOT, Stack, current_version
+from operations.stack import Stack, current_version
 from quality.gate_scoring import threshold_from
 from quality.gate_sets import load_gate_set
 from quality.tasks import task_of
@@ -195,24 +194,16 @@ def reference_images(stack: Stack, model: str, since: float | None, folder: Path
 
 def package_candidate(stack: Stack, model: str, version: str, weights: Path, ws: Workspace, reference: Path | None,
                       workers: int | None, out) -> Path:  # fmt: skip
-    command = [
-        "bash", str(ROOT / "scripts" / "package_mar.sh"), "--name", model, "--version", version,
-        "--weights", str(weights), "--store", str(stack.model_store), "--gate-data", str(ws.gate),
-        "--train-data", str(ws.train),
-    ]  # fmt: skip
-    if reference is not None:
-        command += ["--reference", str(reference)]
-    if workers:
-        command += ["--workers", str(workers)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
-    for line in done.stdout.splitlines():
-        if line.startswith(("gate", "drift", "warning", "archive", "sha256")):
-            out(f"  {line}")
-    if done.returncode != 0:
-        for line in (done.stdout + done.stderr).strip().splitlines()[-40:]:
-            out(f"  | {line}")
-        raise RetrainError(f"packaging {model} {version} failed (exit {done.returncode}); its output is above")
-    return archive_for(stack, version)
+    """The candidate's archive in the stack's store: its gate set, the data it was fine-tuned on and its drift
+    reference; packaging's progress goes to ``out``, indented."""
+    try:
+        built = package(weights, version, stack.model_store, name=model, gate_data=ws.gate, train_data=ws.train,
+                        reference=reference, workers=workers, log=lambda line: out(f"  {line}"))  # fmt: skip
+    except PackagingError as exc:
+        raise RetrainError(f"packaging {model} {version} failed: {exc}") from exc
+    out(f"  archive: {built.archive}")
+    out(f"  sha256:  {built.sha256}")
+    return built.archive
 
 
 MIN_FROZEN_IMAGES = 100  # fewer cannot tell a loss of 0.01 mAP50-95 from noise: the forgetting check only warns

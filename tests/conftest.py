@@ -15,7 +15,16 @@ from playwright.sync_api import sync_playwright
 
 from gateway.state import RedisStore, StateError
 from operations.stack import Stack, free_port, running, start_gateway, stop_service, wait_until
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, GroundTruth, TestStack, answers, load_ground_truth, package
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    COUNTS,
+    GroundTruth,
+    TestStack,
+    answers,
+    load_ground_truth,
+    package,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,6 +34,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.packaging)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many archives this run built, and how many times one was hard-linked from the memo instead."""
+    if COUNTS["built"] or COUNTS["linked"]:
+        terminalreporter.write_line(
+            f"archives: {COUNTS['built']} built, {COUNTS['linked']} linked from this run's memo (tests/helpers.package)"
+        )
+
+
 @pytest.fixture(scope="session")
 def ground_truth() -> list[GroundTruth]:
     return load_ground_truth()
@@ -32,10 +49,9 @@ def ground_truth() -> list[GroundTruth]:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    """A private model store holding yolo_v1.0.mar, built by scripts/package_mar.sh."""
+    """A private model store holding yolo_v1.0.mar in packaging's default format, as `make up` serves it."""
     store = tmp_path_factory.mktemp("model-store")
-    result = package(store, "1.0")
-    assert result.returncode == 0, result.stdout + result.stderr
+    package(store, "1.0")
     return store
 
 

@@ -1,12 +1,17 @@
-"""What the tests share besides fixtures: paths, the packaging command, ground truth, contract checks,
+"""What the tests share besides fixtures: paths, memoised packaging, ground truth, contract checks,
 and the handler driven the way a TorchServe worker drives it."""
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,8 @@ import httpx  # noqa: E402
 
 from drift.offline import answers as answers_of  # noqa: E402
 from drift.offline import handler_for  # noqa: E402, F401 (the tests' way to run an archive)
+from operations.packaging import Packaged, archive_path, sha256sum  # noqa: E402
+from operations.packaging import package as build  # noqa: E402
 from operations.stack import Stack  # noqa: E402
 from quality.geometry import box_iou as iou  # noqa: E402
 from serving.yolo_contract import answer_problems  # noqa: E402
@@ -40,13 +47,62 @@ WEIGHTS = {
 }
 
 
+ARCHIVES = Path(tempfile.mkdtemp(prefix="archives-"))  # this run's memo of built archives, by key
+atexit.register(shutil.rmtree, ARCHIVES, True)
+BUILT: dict[str, Packaged] = {}
+COUNTS = {"built": 0, "linked": 0}  # reported at the end of the run (conftest.pytest_terminal_summary)
+
+
 def package(
-    store: Path, version: str, weights: Path | None = None, *extra: str, gate_data: Path | None = SAMPLES
-) -> subprocess.CompletedProcess:
-    """Run the operator's packaging command exactly as documented (our samples are our model's gate set)."""
-    cmd = ["bash", "scripts/package_mar.sh", "--weights", str(weights or WEIGHTS[version]), "--version", version]
-    gate = ["--gate-data", str(gate_data)] if gate_data else []
-    return subprocess.run([*cmd, "--store", str(store), *gate, *extra], cwd=ROOT, capture_output=True, text=True)
+    store: Path, version: str, weights: Path | None = None, *, gate_data: Path | None = SAMPLES, **options
+) -> Packaged:
+    """Package as retraining and the benches do (``operations.packaging.package``, our samples as our model's
+    gate set), each distinct archive built once per run and hard-linked into ``store`` after that.
+
+    The memo's key is everything the archive's bytes depend on: the arguments, the weights' bytes, the gate
+    set's and reference's files, the config's bytes, and the archive ``<name>_current.mar`` points at (the
+    lineage's parent and a reused gate set come from it). A build that would refuse or overwrite (the version
+    is already in ``store``) always runs for real; tests of packaging itself call the library directly.
+    """
+    weights = Path(weights or WEIGHTS[version])
+    name = options.get("name", "yolo")
+    target = archive_path(store, name, version)
+    if target.exists() or options.get("force"):
+        return build(weights, version, store, gate_data=gate_data, log=lambda line: None, **options)
+    key = memo_key(store, name, version, weights, gate_data, options)
+    if key not in BUILT:
+        built = build(weights, version, ARCHIVES / key, gate_data=gate_data, log=lambda line: None, **options)
+        BUILT[key] = built
+        COUNTS["built"] += 1
+    else:
+        COUNTS["linked"] += 1
+    store.mkdir(parents=True, exist_ok=True)
+    os.link(BUILT[key].archive, target)
+    return dataclasses.replace(BUILT[key], archive=target)
+
+
+def memo_key(store: Path, name: str, version: str, weights: Path, gate_data: Path | None, options: dict) -> str:
+    """A digest of what an archive's bytes depend on (see ``package``)."""
+    pointer = store / f"{name}_current.mar"
+    facts = {
+        "version": version,
+        "weights": [str(weights.resolve()), sha256sum(weights)],
+        "gate_data": folder_state(gate_data),
+        "reference": folder_state(options.get("reference")),
+        "config": sha256sum(Path(options["config"])) if "config" in options else None,
+        "current": sha256sum(pointer) if pointer.exists() else None,
+        "options": {k: str(v) for k, v in sorted(options.items()) if k not in ("reference", "config")},
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def folder_state(path: Path | str | None) -> list | None:
+    """Where a gate set or reference is and its files' names, sizes and modification times."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [str(path), *((str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)]
 
 
 @dataclass

@@ -8,9 +8,10 @@ the gateway's detector class: it must alarm at the same request counts as the li
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,8 @@ import pytest
 from benchmarks.drift_bench import REFERENCE_IMAGES, REFERENCE_SEED, Shift, ensure_images, render_shifted
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Detector, Reference
 from drift.offline import handler_for, signals_of
+from operations.packaging import PackagingError
+from operations.packaging import package as build
 from operations.releases import load_version
 from operations.stack import recorded_pid, running, start_gateway, wait_until
 from serving.yolo_contract import DRIFT_REFERENCE_FILE
@@ -39,10 +42,9 @@ def watched(tmp_path_factory):
     ensure_images(REFERENCE_IMAGES, REFERENCE_SEED)
     store = tmp_path_factory.mktemp("drift-store")
     for version in ("1.0", "2.0"):
-        reference = ["--reference", str(REFERENCE_IMAGES / "images")]
-        result = package(store, version, WEIGHTS[version], *reference, gate_data=None)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "drift reference ok: 2400 images" in result.stdout
+        built = package(store, version, WEIGHTS[version], reference=REFERENCE_IMAGES / "images", gate_data=None)
+        with zipfile.ZipFile(built.archive) as mar:
+            assert json.loads(mar.read(DRIFT_REFERENCE_FILE))["images"] == 2400
     run = tmp_path_factory.mktemp("drift-run")
     stack = TestStack.private(run, store, gateway_env={"GATEWAY_ADMIN_KEYS": ADMIN["X-Admin-Key"]})
     with running(stack, "1.0") as instance:
@@ -190,12 +192,8 @@ def test_reset_and_rebaseline_need_the_operator_key_and_are_recorded(watched, st
 
 
 def test_the_archive_without_a_reference_says_so(tmp_path):
-    result = package(tmp_path, "1.0", WEIGHTS["1.0"], gate_data=None)
-    assert result.returncode == 0 and "warning: no --reference" in result.stdout
-    missing = subprocess.run(
-        ["bash", "scripts/package_mar.sh", "--store", str(tmp_path), "--version", "1.1", "--reference", "/nowhere"],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-    )
-    assert missing.returncode != 0 and "--reference /nowhere: not a folder of images" in missing.stderr
+    said: list[str] = []
+    built = build(WEIGHTS["1.0"], "1.0", tmp_path, fmt="pt", log=said.append)
+    assert built.reference is None and any(line.startswith("warning: no --reference") for line in said), said
+    with pytest.raises(PackagingError, match="--reference /nowhere: not a folder of images"):
+        build(WEIGHTS["1.0"], "1.1", tmp_path, reference="/nowhere")

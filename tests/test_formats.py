@@ -36,9 +36,7 @@ EDGE = 0.05
 def format_store(tmp_path_factory):
     store = tmp_path_factory.mktemp("format-store")
     for index, fmt in enumerate(FORMATS):
-        result = package(store, f"1.{index}", WEIGHTS["1.0"], "--format", fmt)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"format:  {fmt}" in result.stdout
+        assert package(store, f"1.{index}", WEIGHTS["1.0"], fmt=fmt).format == fmt
     return store
 
 

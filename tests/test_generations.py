@@ -4,7 +4,7 @@ Each model is built from Ultralytics' own YAML and saved untrained: a random mod
 answers deterministically, so the five highest-scoring results of the archive (inside
 TorchServe's own ``Context``) must equal ``YOLO(weights).predict``'s, whether the head is
 NMS-based (v3u, v5u, v8, v9, 11, 12), end-to-end (v10, 26) or a DETR decoder. What cannot
-be served is refused by ``package_mar.sh`` with the reason.
+be served is refused by packaging with the reason.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import cv2
 import pytest
 
+from operations.packaging import PackagingError
 from quality.parity import compare, violations
 from tests.helpers import ROOT, SAMPLES, handler_answers, handler_for, package
 
@@ -80,9 +81,7 @@ def lossless_copies(images: list, folder) -> list:
 def test_each_generation_is_served_as_ultralytics_predicts(generation, tmp_path):
     weights = untrained(GENERATIONS[generation], tmp_path / f"{generation}.pt")
     store = tmp_path / "store"
-    options = ("--name", f"gen{generation}", "--format", "pt", "--imgsz", str(IMGSZ))
-    built = package(store, "1.0", weights, *options, gate_data=None)
-    assert built.returncode == 0, built.stdout + built.stderr
+    package(store, "1.0", weights, name=f"gen{generation}", fmt="pt", imgsz=IMGSZ, gate_data=None)
     handler = handler_for(store / f"gen{generation}_v1.0.mar", tmp_path / "model-dir")
     images = lossless_copies([SAMPLES / "mixed_01.jpg", SAMPLES / "stain_01.jpg"], tmp_path)
     served = handler_answers(handler, images, {"X-Yolo-Conf": "0.0", "X-Yolo-Max-Det": str(TOP)})
@@ -99,7 +98,6 @@ def test_what_cannot_be_served_is_refused_with_the_reason(tmp_path):
 
     semantic = tmp_path / "semantic.pt"
     YOLO("yolo26n-sem.yaml").save(str(semantic))
-    refused = package(tmp_path, "1.0", semantic, "--name", "sem", gate_data=None)
-    assert refused.returncode != 0
-    assert "'semantic' model" in refused.stderr and "detect, segment, pose, obb, classify" in refused.stderr
+    with pytest.raises(PackagingError, match="'semantic' model.*detect, segment, pose, obb, classify"):
+        package(tmp_path, "1.0", semantic, name="sem", gate_data=None)
     assert not list(tmp_path.glob("*.mar"))

@@ -187,10 +187,7 @@ def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gatew
     config = yaml.safe_load((ROOT / "serving" / "model-config.yaml").read_text())
     config.update(minWorkers=1, maxWorkers=1, maxBatchDelay=3000)
     (tmp_path / "slow-batch.yaml").write_text(yaml.safe_dump(config))
-    built = package(
-        stack.model_store, "1.9", WEIGHTS["1.0"], "--format", "pt", "--config", str(tmp_path / "slow-batch.yaml")
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+    package(stack.model_store, "1.9", WEIGHTS["1.0"], fmt="pt", config=tmp_path / "slow-batch.yaml")
     gateway = extra_gateway(GATEWAY_UPSTREAM_TIMEOUT_S="20")
     photo = ground_truth[0].path.read_bytes()
     with stack.torchserve() as ts:

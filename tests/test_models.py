@@ -33,8 +33,7 @@ PARTS_IMAGES = sorted(PARTS_GATE.glob("*/*.jpg"))
 
 def package_parts(store: Path, version: str) -> None:
     """The classifier as an operator packages it: its own name, gate set and one worker."""
-    result = package(store, version, PARTS_WEIGHTS, "--name", "parts", "--workers", "1", gate_data=PARTS_GATE)
-    assert result.returncode == 0, result.stdout + result.stderr
+    package(store, version, PARTS_WEIGHTS, name="parts", workers=1, gate_data=PARTS_GATE)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,7 @@ def two(model_store, tmp_path_factory):
     """A stack serving yolo 1.0 and parts 1.0; the store also holds yolo 2.0 and parts 1.1."""
     store = tmp_path_factory.mktemp("two-models-store")
     shutil.copy(model_store / "yolo_v1.0.mar", store)
-    result = package(store, "2.0", WEIGHTS["2.0"])
-    assert result.returncode == 0, result.stdout + result.stderr
+    package(store, "2.0", WEIGHTS["2.0"])
     package_parts(store, "1.0")
     package_parts(store, "1.1")
     stack = TestStack.private(tmp_path_factory.mktemp("two-models-run"), store)
@@ -176,8 +174,7 @@ def test_each_model_is_deployed_canaried_and_rolled_back_alone_under_load(two, g
 
 
 def test_a_new_model_joins_the_running_stack_with_its_first_deploy(two):
-    result = package(two.model_store, "1.0", PARTS_WEIGHTS, "--name", "spare", "--workers", "1", gate_data=PARTS_GATE)
-    assert result.returncode == 0, result.stdout + result.stderr
+    package(two.model_store, "1.0", PARTS_WEIGHTS, name="spare", workers=1, gate_data=PARTS_GATE)
     first = operate(two, "deploy", "spare", "1.0")
     assert "as the first version of 'spare'" in first.stdout and "quality gate passed" in first.stdout
     assert os.readlink(two.current_archive("spare")) == "spare_v1.0.mar"

@@ -1,4 +1,8 @@
-"""scripts/package_mar.sh: what an operator runs to turn weights into a versioned archive."""
+"""Packaging: ``operations.packaging.package`` and its command line, scripts/package_mar.sh, which an operator
+runs to turn weights into a versioned archive.
+
+Every build here is real (never tests/helpers' memo): packaging is what is tested.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +19,38 @@ import pytest
 import yaml
 
 from operations.archives import archive_lineage, extract_gate_set, extract_source_weights
+from operations.packaging import CarriedGate, Packaged, PackagingError, package
 from quality.gate_sets import gate_spec, load_gate_set
-from tests.helpers import ROOT, SAMPLES, WEIGHTS, package
+from tests.helpers import ROOT, SAMPLES, WEIGHTS
 
 pytestmark = pytest.mark.packaging
 
 
+def build(store: Path, version: str, weights: Path | None = None, **options) -> tuple[Packaged, str]:
+    """Package for real, our samples as the gate set unless ``gate_data`` says otherwise; the archive and what
+    packaging said while it built it."""
+    said: list[str] = []
+    options.setdefault("gate_data", SAMPLES)
+    built = package(weights or WEIGHTS[version], version, store, log=said.append, **options)
+    return built, "\n".join(said)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/package_mar.sh", *args], cwd=ROOT, capture_output=True, text=True)
+
+
 def test_help_lists_the_options():
-    result = subprocess.run(["bash", "scripts/package_mar.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    result = cli("--help")
     assert result.returncode == 0
     for option in ("--weights", "--version", "--name", "--force", "--gate-data", "--gate-threshold", "--train-data"):
         assert option in result.stdout
 
 
-def test_builds_a_versioned_archive_and_reports_it(tmp_path):
-    result = package(tmp_path, "1.0", None, "--train-data", "samples/data.yaml")
+def test_the_command_line_builds_a_versioned_archive_and_reports_it(tmp_path):
+    result = cli(
+        *("--weights", str(WEIGHTS["1.0"]), "--version", "1.0", "--store", str(tmp_path)),
+        *("--gate-data", "samples", "--train-data", "samples/data.yaml"),
+    )
     assert result.returncode == 0, result.stderr
     archive = tmp_path / "yolo_v1.0.mar"
     assert f"archive: {archive}" in result.stdout
@@ -78,24 +99,25 @@ def test_builds_a_versioned_archive_and_reports_it(tmp_path):
 
 
 def test_never_overwrites_a_version_without_force(tmp_path):
-    assert package(tmp_path, "1.0").returncode == 0
-    archive = tmp_path / "yolo_v1.0.mar"
+    archive = build(tmp_path, "1.0", fmt="pt")[0].archive
     before = archive.read_bytes()
-    again = package(tmp_path, "1.0", WEIGHTS["2.0"])
-    assert again.returncode != 0
-    assert "exists" in again.stderr and "--force" in again.stderr
+    with pytest.raises(PackagingError, match="exists; a version is immutable, pick a new --version or pass --force"):
+        build(tmp_path, "1.0", WEIGHTS["2.0"], fmt="pt")
     assert archive.read_bytes() == before
-    forced = package(tmp_path, "1.0", WEIGHTS["2.0"], "--force")
-    assert forced.returncode == 0, forced.stderr
-    assert archive.read_bytes() != before
+    # the command line's refusal: one error line on stderr, exit status 1, nothing printed as built
+    again = cli("--weights", str(WEIGHTS["2.0"]), "--version", "1.0", "--store", str(tmp_path), "--format", "pt")
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr == f"error: {archive} exists; a version is immutable, pick a new --version or pass --force\n"
+    assert archive.read_bytes() == before
+    forced, _ = build(tmp_path, "1.0", WEIGHTS["2.0"], fmt="pt", force=True)
+    assert archive.read_bytes() != before and forced.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
 def test_broken_weights_are_refused_before_packaging(tmp_path):
     bogus = tmp_path / "broken.pt"
     bogus.write_bytes(b"not a checkpoint")
-    result = package(tmp_path, "9.0", bogus)
-    assert result.returncode != 0
-    assert "does not load" in result.stderr
+    with pytest.raises(PackagingError, match="does not load"):
+        build(tmp_path, "9.0", bogus)
     assert not list(tmp_path.glob("*.mar"))
 
 
@@ -104,23 +126,24 @@ def test_a_handler_key_the_handler_does_not_know_is_refused_by_name(tmp_path):
     config = tmp_path / "typo.yaml"
     template = (ROOT / "serving" / "model-config.yaml").read_text()
     config.write_text(template.replace("  conf: 0.25", "  confidence: 0.25"))
-    result = package(tmp_path, "1.0", WEIGHTS["1.0"], "--config", str(config))
-    assert result.returncode != 0
-    assert f"error: {config}: handler section: unknown handler key 'confidence'" in result.stderr, result.stderr
+    with pytest.raises(PackagingError) as refused:
+        build(tmp_path, "1.0", WEIGHTS["1.0"], config=config)
+    assert str(refused.value).startswith(f"{config}: handler section: unknown handler key 'confidence'")
     assert not list(tmp_path.glob("*.mar"))
 
 
 def test_bad_version_and_missing_weights_are_refused(tmp_path):
-    assert "version must look like" in package(tmp_path, "v1", WEIGHTS["1.0"]).stderr
-    assert "not found" in package(tmp_path, "1.1", tmp_path / "nope.pt").stderr
+    with pytest.raises(PackagingError, match="version must look like"):
+        build(tmp_path, "v1", WEIGHTS["1.0"])
+    with pytest.raises(PackagingError, match="not found"):
+        build(tmp_path, "1.1", tmp_path / "nope.pt")
 
 
 def test_a_gate_set_must_fit_the_weights(tmp_path):
-    other_task = package(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "segment")
-    assert other_task.returncode != 0 and "is for a segment model; the weights are detect" in other_task.stderr
-    other_classes = package(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "detect")
-    assert other_classes.returncode != 0 and "labels classes" in other_classes.stderr
-    assert "bolt" in other_classes.stderr
+    with pytest.raises(PackagingError, match="is for a segment model; the weights are detect"):
+        build(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "segment")
+    with pytest.raises(PackagingError, match="labels classes .*bolt"):
+        build(tmp_path, "1.0", gate_data=ROOT / "samples" / "gates" / "detect")
     assert not list(tmp_path.glob("*.mar"))
 
 
@@ -144,15 +167,14 @@ def gate_files(archive: Path) -> dict[str, bytes]:
 
 def test_an_ultralytics_gate_set_needs_no_gate_yaml_and_the_next_version_reuses_it(tmp_path):
     source, store = ultralytics_gate_set(tmp_path / "parts"), tmp_path / "store"
-    refused = package(store, "1.0", None, "--format", "pt", gate_data=source)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert (
-        f"error: gate set {source} has no threshold: add --gate-threshold 0.5 or write threshold: 0.5 in "
-        f"{source}/gate.yaml" in refused.stderr
+    with pytest.raises(PackagingError) as refused:
+        build(store, "1.0", fmt="pt", gate_data=source)
+    assert str(refused.value) == (
+        f"gate set {source} has no threshold: add --gate-threshold 0.5 or write threshold: 0.5 in {source}/gate.yaml"
     )
-    built = package(store, "1.0", None, "--format", "pt", "--gate-threshold", "0.3", gate_data=source)
-    assert built.returncode == 0, built.stderr
-    assert f"gate set ok: {source} (task detect, 6 images, threshold 0.3)" in built.stdout
+    built, said = build(store, "1.0", fmt="pt", gate_threshold=0.3, gate_data=source)
+    assert f"gate set ok: {source} (task detect, 6 images, threshold 0.3)" in said
+    assert built.gate == CarriedGate(str(source), "detect", 6, 0.3)
     first = store / "yolo_v1.0.mar"
     gate = extract_gate_set(first, tmp_path / "unpacked")
     assert gate_spec(gate) == {
@@ -169,36 +191,33 @@ def test_an_ultralytics_gate_set_needs_no_gate_yaml_and_the_next_version_reuses_
     assert extract_source_weights(first, tmp_path).read_bytes() == WEIGHTS["1.0"].read_bytes()
 
     os.symlink(first.name, store / "yolo_current.mar")  # as deploy.sh and `stack set-current` leave it
-    reused = package(store, "1.1", WEIGHTS["2.0"], "--format", "pt", gate_data=None)
-    assert reused.returncode == 0, reused.stderr
-    assert "gate set: reusing the one in yolo_v1.0.mar (task detect, 6 images, threshold 0.3)" in reused.stdout
-    assert re.search(r"^gate:\s+reused from yolo_v1\.0\.mar$", reused.stdout, re.M)
+    reused, said = build(store, "1.1", WEIGHTS["2.0"], fmt="pt", gate_data=None)
+    assert "gate set: reusing the one in yolo_v1.0.mar (task detect, 6 images, threshold 0.3)" in said
+    assert reused.gate.source == "reused from yolo_v1.0.mar"
     assert gate_files(store / "yolo_v1.1.mar") == gate_files(first)
     assert archive_lineage(store / "yolo_v1.1.mar")["parent"] == "1.0"
 
-    other_classes = package(
-        store, "1.2", ROOT / "models" / "weights" / "tasks" / "detect" / "best.pt", "--format", "pt", gate_data=None
+    other_classes, said = build(
+        store, "1.2", ROOT / "models" / "weights" / "tasks" / "detect" / "best.pt", fmt="pt", gate_data=None
     )
-    assert other_classes.returncode == 0, other_classes.stderr
     assert (
         "gate set: not reusing the one in yolo_v1.0.mar: its classes ['dent', 'scratch', 'stain'] are not the "
-        "weights' ['bolt', 'nut', 'washer']" in other_classes.stdout
+        "weights' ['bolt', 'nut', 'washer']" in said
     )
-    assert "gate:    none (deploy needs --no-gate)" in other_classes.stdout
+    assert other_classes.gate is None
     assert gate_files(store / "yolo_v1.2.mar") == {}
 
 
 def test_what_is_missing_from_a_gate_set_or_the_training_data_is_named(tmp_path):
     source = ultralytics_gate_set(tmp_path / "parts")
     (source / "images" / "val").rename(source / "images" / "valid")
-    result = package(tmp_path, "1.0", None, "--format", "pt", "--gate-threshold", "0.3", gate_data=source)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert (
-        f"error: gate set {source} is unusable: {source}/data.yaml: val: images/val is {source}/images/val, which "
-        "does not exist; put the validation images there or point val: at their folder" in result.stderr
+    with pytest.raises(PackagingError) as unusable:
+        build(tmp_path, "1.0", fmt="pt", gate_threshold=0.3, gate_data=source)
+    assert str(unusable.value).startswith(
+        f"gate set {source} is unusable: {source}/data.yaml: val: images/val is {source}/images/val, which "
+        "does not exist; put the validation images there or point val: at their folder"
     )
     nowhere = tmp_path / "nowhere.yaml"
-    missing = package(tmp_path, "1.0", None, "--train-data", str(nowhere), gate_data=None)
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr
-    assert f"error: --train-data {nowhere}: {nowhere} does not exist" in missing.stderr
+    with pytest.raises(PackagingError, match=f"--train-data {nowhere}: {nowhere} does not exist"):
+        build(tmp_path, "1.0", train_data=nowhere, gate_data=None)
     assert not list(tmp_path.glob("*.mar"))

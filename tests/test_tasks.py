@@ -64,8 +64,7 @@ def served(request, tmp_path_factory) -> Served:
     weights = TASK_WEIGHTS / task / "best.pt"
     store = tmp_path_factory.mktemp(f"store-{task}")
     for version, model_format in (("1.0", "pt"), ("1.1", "openvino")):
-        result = package(store, version, weights, "--name", task, "--format", model_format, gate_data=gate_set(task))
-        assert result.returncode == 0, result.stdout + result.stderr
+        package(store, version, weights, name=task, fmt=model_format, gate_data=gate_set(task))
     with zipfile.ZipFile(store / f"{task}_v1.0.mar") as mar:
         imgsz = yaml.safe_load(mar.read("model-config.yaml"))["handler"]["imgsz"]
     stack = Stack.private(tmp_path_factory.mktemp(f"run-{task}"), store, model_name=task)
@@ -161,8 +160,7 @@ def record_worst(task: str, model_format: str, worst: Worst) -> None:
 def test_the_other_export_formats_match_ultralytics(task, model_format, tmp_path):
     """ONNX and TorchScript archives of each task, in TorchServe's own Context, to the exported-format targets."""
     weights = TASK_WEIGHTS / task / "best.pt"
-    built = package(tmp_path / "store", "1.0", weights, "--name", task, "--format", model_format, gate_data=None)
-    assert built.returncode == 0, built.stdout + built.stderr
+    package(tmp_path / "store", "1.0", weights, name=task, fmt=model_format, gate_data=None)
     handler = handler_for(tmp_path / "store" / f"{task}_v1.0.mar", tmp_path / "model-dir")
     pairs = make_parity_images(task, tmp_path)
     lowered = {} if task == "classify" else {"X-Yolo-Conf": str(EXPORTED_QUERY_CONF)}

@@ -211,8 +211,7 @@ def second_version(stack, version: str):
             yield
             return
         if not archive_for(stack, version).is_file():
-            result = package(stack.model_store, version)
-            assert result.returncode == 0, result.stdout + result.stderr
+            package(stack.model_store, version)
         load_version(stack, ts, version)
         try:
             yield
