@@ -18,7 +18,6 @@ from quality.tasks import task_of
 from serving.yolo_contract import TASKS
 from serving.yolo_files import MappingError, is_image_file, media_suffix, read_mapping
 
-TOLERANCE = 0.01  # normalised coordinates may stray this far outside [0, 1] (Ultralytics' own tolerance)
 LABELLED_FILE = "labelled.json"
 CAPTURES_FILE = "captures.jsonl"
 DATA_FILE = "data.yaml"
