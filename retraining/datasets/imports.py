@@ -82,17 +82,18 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
     labelled class's folders. An image labelled with no objects gets an empty label file (a background).
     """
     check_task(task)
+    task_labels = task_of(task)
     names = class_names(names)
     dataset, source = Path(dataset).resolve(), Path(source)
     kpt = None
-    if not task_of(task).classifies:
+    if not task_labels.classifies:
         data = read_dataset_yaml(dataset / DATA_FILE)
         if class_names(data.get("names", {})) != names:
             raise DatasetError(
                 f"{dataset / DATA_FILE}: the dataset's classes {data.get('names')} are not {names}: "
                 "import with the names the dataset was exported with"
             )
-        if task_of(task).keypoints:
+        if task_labels.keypoints:
             shape = data.get("kpt_shape")
             if not shape:
                 raise DatasetError(
@@ -100,7 +101,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
                 )
             layout = data.get("kpt_names") or dict.fromkeys(names, [str(i) for i in range(shape[0])])
             kpt = (list(shape), {int(k): [str(n) for n in v] for k, v in layout.items()})
-    images = dataset_images(dataset, task)
+    images = dataset_images(dataset, task_labels.classifies)
     unannotated: list[str] = []
     if source.is_dir():
         labels, unknown = _read_yolo_folder(source, images, task, names, kpt[0] if kpt else None)
@@ -111,7 +112,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
             f"{source}: no such folder or file: pass a folder of YOLO labels or a Label Studio JSON export"
         )
     for capture, label in labels.items():
-        if task_of(task).classifies:
+        if task_labels.classifies:
             for path in images[capture]:
                 target = path.parent.parent / label / path.name
                 if target != path:
