@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from models import generate_dataset as gd
+from quality.tasks import task_of
 from serving.yolo_contract import TASKS
 
 SPLITS = gd.SPLITS
@@ -206,17 +207,105 @@ def _overlaps(box: list[float], boxes: list[list[float]], gap: float) -> bool:
     )
 
 
+def _n(v: float, full: int) -> str:
+    return f"{min(max(v / full, 0.0), 1.0):.6f}"
+
+
+def _xy_fields(points: list[list[float]], w: int, h: int) -> list[str]:
+    return [_n(v, full) for x, y in points for v, full in ((x, w), (y, h))]
+
+
+class Drawing:
+    """How a task's images are drawn and labelled, detect's way: up to three parts spread over the frame,
+    each labelled by its box. Each task below overrides only what differs."""
+
+    framed = False  # True: one part filling a crop, as an inspection camera framed on it delivers
+    chiral = False  # True: a part's mirror image is a different part, so training must not flip images
+
+    def geometry(self, bodies: list[np.ndarray], extra: dict, cx: float, cy: float, angle: float) -> dict:
+        """What a placed object's label holds besides its class and box (pixels): its ``bodies`` outlines
+        and the shape's ``extra`` points, placed at (cx, cy) turned by ``angle``."""
+        return {}
+
+    def fields(self, obj: dict, box: list[str], w: int, h: int) -> list[str]:
+        """A labelled object's numbers on its YOLO label line (``box``: cx cy w h, normalised)."""
+        return box
+
+    def truth(self, objects: list[dict]):
+        """An image's labels from its placed objects."""
+        return objects
+
+    def yaml_lines(self) -> list[str]:
+        """What the data YAML says besides the class names."""
+        return []
+
+
+class SegmentDrawing(Drawing):
+    """Segment: each part labelled by its outline."""
+
+    def geometry(self, bodies: list[np.ndarray], extra: dict, cx: float, cy: float, angle: float) -> dict:
+        return {"polygon": bodies[0].tolist()}
+
+    def fields(self, obj: dict, box: list[str], w: int, h: int) -> list[str]:
+        return _xy_fields(obj["polygon"], w, h)
+
+
+class PoseDrawing(Drawing):
+    """Pose: each tab labelled by its box and its four corners (KPT_NAMES), all visible."""
+
+    chiral = True  # the tab is drawn asymmetric (see ``tab``): mirrored, its left and right corners swap sides
+
+    def geometry(self, bodies: list[np.ndarray], extra: dict, cx: float, cy: float, angle: float) -> dict:
+        return {"keypoints": [[x, y, 2.0] for x, y in _place(extra["keypoints"], cx, cy, angle)]}
+
+    def fields(self, obj: dict, box: list[str], w: int, h: int) -> list[str]:
+        return box + [f for x, y, v in obj["keypoints"] for f in (_n(x, w), _n(y, h), f"{int(v)}")]
+
+    def yaml_lines(self) -> list[str]:
+        return [
+            f"kpt_shape: [{len(KPT_NAMES)}, 3]",
+            f"flip_idx: [{', '.join(map(str, FLIP_IDX))}]",
+            "kpt_names:",
+            f"  0: [{', '.join(KPT_NAMES)}]",
+        ]
+
+
+class ObbDrawing(Drawing):
+    """Obb: each plate or label labelled by its rectangle's four corners."""
+
+    def geometry(self, bodies: list[np.ndarray], extra: dict, cx: float, cy: float, angle: float) -> dict:
+        return {"corners": _place(extra["rect"], cx, cy, angle).tolist()}
+
+    def fields(self, obj: dict, box: list[str], w: int, h: int) -> list[str]:
+        return _xy_fields(obj["corners"], w, h)
+
+
+class ClassifyDrawing(Drawing):
+    """Classify: one framed part, labelled by its class alone (its folder, no label file)."""
+
+    framed = True
+
+    def fields(self, obj: dict, box: list[str], w: int, h: int) -> list[str]:
+        raise ValueError("no YOLO label files for task 'classify'")
+
+    def truth(self, objects: list[dict]):
+        return {"class_id": objects[0]["class_id"], "class": objects[0]["class"]}
+
+
+DRAWINGS: dict[str, Drawing] = {
+    "detect": Drawing(),
+    "segment": SegmentDrawing(),
+    "pose": PoseDrawing(),
+    "obb": ObbDrawing(),
+    "classify": ClassifyDrawing(),
+}
+
+
 def _label(task: str, cls: int, parts: list[Part], extra: dict, cx: float, cy: float, angle: float) -> dict:
     """Exact label of one placed object, in pixels of the image."""
     bodies = [_place(p, cx, cy, angle) for p, layer in parts if layer == "body"]
     obj = {"class_id": cls, "class": CLASSES[task][cls], "bbox": _outline_box(np.concatenate(bodies))}
-    if task == "segment":
-        obj["polygon"] = bodies[0].tolist()
-    elif task == "pose":
-        obj["keypoints"] = [[x, y, 2.0] for x, y in _place(extra["keypoints"], cx, cy, angle)]
-    elif task == "obb":
-        obj["corners"] = _place(extra["rect"], cx, cy, angle).tolist()
-    return obj
+    return obj | DRAWINGS[task].geometry(bodies, extra, cx, cy, angle)
 
 
 def _place_one(
@@ -245,15 +334,14 @@ def render(task: str, rng: np.random.Generator, w: int, h: int, classes: list[in
     "keypoints" [[x, y, visibility] x 4] (pose) or "corners" [[x, y] x 4] (obb); for classify a
     single {"class_id", "class"} for the one part in the picture.
     """
-    names = CLASSES[task]
+    names, drawing = CLASSES[task], DRAWINGS[task]
     img = gd.surface(rng, w, h)
     scale = min(w, h) / 240
+    framed = drawing.framed
     if classes is None:
-        n = 1 if task == "classify" else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+        n = 1 if framed else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
         classes = [int(c) for c in rng.integers(0, len(names), size=n)]
     objects: list[dict] = []
-    # A classifier sees one part filling a crop, as an inspection camera framed on it delivers.
-    framed = task == "classify"
     spread = 0.1 if framed else 0.5
     for cls in classes:
         for factor in (2.0, 1.7, 1.4) if framed else (1.0,):  # framed: as large as still fits
@@ -262,18 +350,12 @@ def render(task: str, rng: np.random.Generator, w: int, h: int, classes: list[in
                 break
     img = gd.apply_lighting(rng, img)
     bgr = gd.degrade(rng, img)
-    if task == "classify":
-        return bgr, {"class_id": objects[0]["class_id"], "class": objects[0]["class"]}
-    return bgr, objects
+    return bgr, drawing.truth(objects)
 
 
 def render_image(task: str, size: tuple[int, int], seed: int = 0, split: str = "test", index: int = 0):
     """(BGR image, labels) of one image of ``task`` at (width, height): the entry point tests call."""
     return render(task, task_rng(seed, task, split, index), *size)
-
-
-def _n(v: float, full: int) -> str:
-    return f"{min(max(v / full, 0.0), 1.0):.6f}"
 
 
 def label_lines(task: str, objects: list[dict], w: int, h: int) -> str:
@@ -282,17 +364,7 @@ def label_lines(task: str, objects: list[dict], w: int, h: int) -> str:
     for o in objects:
         x1, y1, x2, y2 = o["bbox"]
         box = [_n((x1 + x2) / 2, w), _n((y1 + y2) / 2, h), _n(x2 - x1, w), _n(y2 - y1, h)]
-        if task == "detect":
-            fields = box
-        elif task == "segment":
-            fields = [_n(v, full) for x, y in o["polygon"] for v, full in ((x, w), (y, h))]
-        elif task == "pose":
-            fields = box + [f for x, y, v in o["keypoints"] for f in (_n(x, w), _n(y, h), f"{int(v)}")]
-        elif task == "obb":
-            fields = [_n(v, full) for x, y in o["corners"] for v, full in ((x, w), (y, h))]
-        else:
-            raise ValueError(f"no YOLO label files for task {task!r}")
-        lines.append(" ".join([str(o["class_id"]), *fields]))
+        lines.append(" ".join([str(o["class_id"]), *DRAWINGS[task].fields(o, box, w, h)]))
     return "".join(line + "\n" for line in lines)
 
 
@@ -301,13 +373,7 @@ def data_yaml_text(task: str, path: Path | None = None, splits: dict[str, str] |
     lines = [f"path: {path.resolve()}"] if path else []
     lines += [f"{split}: {folder}" for split, folder in (splits or {}).items()]
     lines += ["names:", *[f"  {i}: {n}" for i, n in enumerate(CLASSES[task])]]
-    if task == "pose":
-        lines += [
-            f"kpt_shape: [{len(KPT_NAMES)}, 3]",
-            f"flip_idx: [{', '.join(map(str, FLIP_IDX))}]",
-            "kpt_names:",
-            f"  0: [{', '.join(KPT_NAMES)}]",
-        ]
+    lines += DRAWINGS[task].yaml_lines()
     return "\n".join(lines) + "\n"
 
 
@@ -334,7 +400,7 @@ def generate(task: str, out: Path, seed: int, counts: dict[str, int], size: tupl
         for i in range(counts.get(split, 0)):
             rng = task_rng(seed, task, split, i)
             stem = f"{split}_{i:05d}"
-            if task == "classify":
+            if task_of(task).classifies:
                 bgr, truth = render(task, rng, *size)
                 path = out / split / truth["class"] / f"{stem}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +411,7 @@ def generate(task: str, out: Path, seed: int, counts: dict[str, int], size: tupl
                 )
     manifest = {"task": task, "seed": seed, "size": list(size), "counts": {s: counts.get(s, 0) for s in SPLITS}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if task == "classify":
+    if task_of(task).classifies:
         return out
     yaml_path = out / "data.yaml"
     splits = {s: f"images/{s}" for s in SPLITS}
@@ -362,14 +428,14 @@ def write_labelled_set(task: str, out: Path, seed: int, split: str, count: int, 
     for i in range(count):
         rng = task_rng(seed, task, split, i)
         stem = f"{task}_{split}_{i:03d}"
-        if task == "classify":
+        if task_of(task).classifies:
             bgr, truth = render(task, rng, *size)
             path = out / truth["class"] / f"{stem}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(gd.encode_jpeg(rng, bgr))
         else:
             write_image(task, rng, size, out / "images" / f"{stem}.jpg", out / "labels" / f"{stem}.txt")
-    if task != "classify":
+    if not task_of(task).classifies:
         (out / "data.yaml").write_text(data_yaml_text(task))
     return out
 

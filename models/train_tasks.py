@@ -108,6 +108,7 @@ def train(task: str, data: Path, run_dir: Path, seed: int, epochs: int, imgsz: i
     from ultralytics import YOLO
 
     model = YOLO(SPECS[task]["model"], task=task)
+    flip = 0.0 if gt.DRAWINGS[task].chiral else 0.5  # a chiral part's mirror image is a different part
     pin_threads(model, threads)
     start = time.time()
     final: dict = {}
@@ -135,8 +136,8 @@ def train(task: str, data: Path, run_dir: Path, seed: int, epochs: int, imgsz: i
         project=str(run_dir.parent),
         name=run_dir.name,
         exist_ok=True,
-        fliplr=0.0 if task == "pose" else 0.5,  # the tab is drawn chiral: a mirror image is a different part
-        flipud=0.0 if task == "pose" else 0.5,
+        fliplr=flip,
+        flipud=flip,
         verbose=False,
         **SPECS[task].get("overrides", {}),
     )
@@ -232,7 +233,7 @@ def run_task(task: str, args: argparse.Namespace, command: str) -> dict:
             "val_metrics_best_pt": val,
             "weights_bytes": weights.stat().st_size,
         }
-    if task == "pose":
+    if task_of(task).keypoints:
         record["kpt_names_in_checkpoint"] = carried_kpt_names(weights)
     record["gate"] = build_gate(task, weights, args.gates_root / task, args.seed, spec["imgsz"])
     record_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """The label side of each task, one object per task looked up by name (``task_of``): what a YOLO label line
 holds, how the gate scores answers, how parity compares two answers, whether an answer lists classes or
-objects, and how an answer's object becomes a label line.
+objects, how an answer's object becomes a label line, and how a person's label line is checked on import.
 
 Like Ultralytics' per-task predictors, each task overrides only what differs from detection. It lives in
 quality/ because the gate, parity, packaging, retraining and models all read it, and quality/ is what each
@@ -10,6 +10,7 @@ load for labels, so it does not ship there (the handler builds answers with serv
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -28,6 +29,7 @@ from quality.geometry import (
 )
 
 Kpt = tuple[list[int], dict[int, list[str]]]  # (kpt_shape, each class's keypoint names in label order)
+TOLERANCE = 0.01  # normalised coordinates may stray this far outside [0, 1] (Ultralytics' own tolerance)
 
 
 def _normalised(points: list, width: int, height: int) -> list[float]:
@@ -41,6 +43,7 @@ class LabelTask(ABC):
     name: str
     metric: str
     classifies = False  # True: an answer lists classes, a dataset is one folder per class, there are no label files
+    keypoints = False  # True: objects carry named keypoints (kpt_shape and kpt_names in the dataset's data.yaml)
     label_shape: str
 
     @abstractmethod
@@ -65,6 +68,7 @@ class DetectTask(LabelTask):
     name = "detect"
     metric = "recall"
     label_shape = "4 numbers (cx cy w h) or a polygon"
+    boxed = True  # an imported label line starts with a box (cx cy w h), whose size must be positive
 
     def fits(self, count: int, kpt_dim: int) -> bool:
         return count == 4 or _polygon_count(count)
@@ -95,15 +99,46 @@ class DetectTask(LabelTask):
         x1, y1, x2, y2 = (clip_unit(v / s) for v, s in zip(found["bbox"], (width, height, width, height), strict=True))
         return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
 
+    def import_fits(self, count: int, kpt_shape: list[int] | None) -> bool:
+        """Whether ``count`` numbers after the class id make a label line a person may import: ``fits``
+        without what Ultralytics reads leniently (a detect line is a box, a pose line has every keypoint)."""
+        return count == 4
+
+    def import_length(self, kpt_shape: list[int] | None) -> str:
+        """How many values such a line has, class id included, for the message that refuses another count."""
+        return "5"
+
+    def import_values(self, values: list[float], kpt_shape: list[int] | None) -> list[float]:
+        """A person's label line (the numbers after the class id, as many as ``import_fits`` takes) checked
+        and clipped to [0, 1]; ValueError saying what is wrong and how to fix it."""
+        coordinates = self._coordinates(values, kpt_shape)
+        bad = [v for v in coordinates if not (-TOLERANCE <= v <= 1 + TOLERANCE) or math.isnan(v)]
+        if bad:
+            raise ValueError(f"coordinate {bad[0]} is outside [0, 1]: coordinates are fractions of the image")
+        if self.boxed and (values[2] <= 0 or values[3] <= 0):
+            raise ValueError(f"a box of width {values[2]} and height {values[3]}: fix the box size")
+        return [clip_unit(v) for v in values]
+
+    def _coordinates(self, values: list[float], kpt_shape: list[int] | None) -> list[float]:
+        """The values of a label line that are fractions of the image."""
+        return values
+
 
 class SegmentTask(DetectTask):
     """Objects as polygons: the gate matches them by mask IoU; a label is the answer's largest polygon."""
 
     name = "segment"
     label_shape = "a polygon (3 or more x y pairs)"
+    boxed = False
 
     def fits(self, count: int, kpt_dim: int) -> bool:
         return _polygon_count(count)
+
+    def import_fits(self, count: int, kpt_shape: list[int] | None) -> bool:
+        return _polygon_count(count)
+
+    def import_length(self, kpt_shape: list[int] | None) -> str:
+        return "1 + an even number of at least 6"
 
     def geometry(self, nums: np.ndarray, width: int, height: int, kpt_dim: int) -> dict:
         points = _points(nums, width, height)
@@ -131,9 +166,29 @@ class PoseTask(DetectTask):
     metric = "pck"
     label_shape = "4 box numbers (cx cy w h), then x y visibility per keypoint (x y with kpt_shape [k, 2])"
     visible = 0.5  # a keypoint answered at or above this confidence is labelled visible (v=2), else 0 0 0
+    keypoints = True
 
     def fits(self, count: int, kpt_dim: int) -> bool:
         return count >= 4 and (count - 4) % kpt_dim == 0
+
+    def import_fits(self, count: int, kpt_shape: list[int] | None) -> bool:
+        return count == 4 + kpt_shape[0] * kpt_shape[1]
+
+    def import_length(self, kpt_shape: list[int] | None) -> str:
+        return str(5 + kpt_shape[0] * kpt_shape[1])
+
+    def import_values(self, values: list[float], kpt_shape: list[int] | None) -> list[float]:
+        """The box and keypoints checked and clipped; a visibility (kpt_shape [k, 3]) is 0, 1 or 2, kept as is."""
+        clipped = super().import_values(values, kpt_shape)
+        if kpt_shape[1] != 3:
+            return clipped
+        visibility = values[4 + 2 :: 3]
+        if any(v not in (0, 1, 2) for v in visibility):
+            raise ValueError(f"keypoint visibility {visibility} is not 0, 1 or 2: fix the line")
+        return [v if i >= 4 and (i - 4) % 3 == 2 else c for i, (v, c) in enumerate(zip(values, clipped, strict=True))]
+
+    def _coordinates(self, values: list[float], kpt_shape: list[int] | None) -> list[float]:
+        return values[:4] + [v for i, v in enumerate(values[4:]) if i % kpt_shape[1] < 2]
 
     def geometry(self, nums: np.ndarray, width: int, height: int, kpt_dim: int) -> dict:
         kpts = nums[4:].reshape(-1, kpt_dim).tolist()
@@ -174,9 +229,16 @@ class ObbTask(DetectTask):
 
     name = "obb"
     label_shape = "8 numbers (4 corners x y)"
+    boxed = False
 
     def fits(self, count: int, kpt_dim: int) -> bool:
         return count == 8
+
+    def import_fits(self, count: int, kpt_shape: list[int] | None) -> bool:
+        return count == 8
+
+    def import_length(self, kpt_shape: list[int] | None) -> str:
+        return "9"
 
     def geometry(self, nums: np.ndarray, width: int, height: int, kpt_dim: int) -> dict:
         corners = _points(nums, width, height)

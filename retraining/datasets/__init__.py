@@ -1,6 +1,7 @@
 """Captured production images as datasets: the model's answers as pre-labels, Label Studio to correct them,
 the corrected labels back in, and subsets for training and gate sets. One module per format: ``layout`` (the
-files every dataset shares, its error and summaries), ``yolo``, ``labelstudio``, ``imports`` and ``subsets``.
+files every dataset shares, its error and summaries), ``yolo``, ``labelstudio`` (with ``labelstudio_tasks``, what
+differs per task there), ``imports`` and ``subsets``.
 
 A capture is a manifest row (the gateway's capture store, issue 27) plus the original image bytes, which
 ``read_blob(row)`` returns. The layouts written here:

@@ -4,18 +4,15 @@ Studio JSON export, every label checked before any is written, and recorded in l
 from __future__ import annotations
 
 import json
-import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from quality.geometry import clip_unit
 from quality.tasks import task_of
 from retraining.datasets.labelstudio import read_labelstudio
 from retraining.datasets.layout import (
     DATA_FILE,
     LABELLED_FILE,
-    TOLERANCE,
     DatasetError,
     ImportSummary,
     check_task,
@@ -31,15 +28,11 @@ from retraining.datasets.layout import (
 
 def _check_values(where: str, fields: list[str], task: str, names: dict[int, str], kpt_shape: list[int] | None) -> str:
     """One YOLO label line checked for ``task`` and rewritten clipped; DatasetError naming ``where`` if wrong."""
-    count = len(fields) - 1
-    expected = {"detect": "5", "obb": "9", "segment": "1 + an even number of at least 6"}
-    if task == "pose":
-        expected["pose"] = str(5 + kpt_shape[0] * kpt_shape[1])
-    ok = (count == 4 and task == "detect") or (count == 8 and task == "obb")
-    ok = ok or (task == "segment" and count >= 6 and count % 2 == 0)
-    ok = ok or (task == "pose" and count == 4 + kpt_shape[0] * kpt_shape[1])
-    if not ok:
-        raise DatasetError(f"{where}: {len(fields)} values where a {task} label has {expected[task]}: fix the line")
+    labels = task_of(task)
+    if not labels.import_fits(len(fields) - 1, kpt_shape):
+        raise DatasetError(
+            f"{where}: {len(fields)} values where a {task} label has {labels.import_length(kpt_shape)}: fix the line"
+        )
     try:
         cls, values = int(fields[0]), [float(v) for v in fields[1:]]
     except ValueError as error:
@@ -49,20 +42,11 @@ def _check_values(where: str, fields: list[str], task: str, names: dict[int, str
             f"{where}: class id {cls} is not one of this model's classes "
             f"({', '.join(f'{i} {n}' for i, n in names.items())}): fix the class id"
         )
-    coordinates = (
-        values if task != "pose" else values[:4] + [v for i, v in enumerate(values[4:]) if i % kpt_shape[1] < 2]
-    )
-    bad = [v for v in coordinates if not (-TOLERANCE <= v <= 1 + TOLERANCE) or math.isnan(v)]
-    if bad:
-        raise DatasetError(f"{where}: coordinate {bad[0]} is outside [0, 1]: coordinates are fractions of the image")
-    if task in ("detect", "pose") and (values[2] <= 0 or values[3] <= 0):
-        raise DatasetError(f"{where}: a box of width {values[2]} and height {values[3]}: fix the box size")
-    if task == "pose" and kpt_shape[1] == 3:
-        visibility = values[4 + 2 :: 3]
-        if any(v not in (0, 1, 2) for v in visibility):
-            raise DatasetError(f"{where}: keypoint visibility {visibility} is not 0, 1 or 2: fix the line")
-        return label_line(cls, [v if i >= 4 and (i - 4) % 3 == 2 else clip_unit(v) for i, v in enumerate(values)])
-    return label_line(cls, [clip_unit(v) for v in values])
+    try:
+        values = labels.import_values(values, kpt_shape)
+    except ValueError as error:
+        raise DatasetError(f"{where}: {error}") from error
+    return label_line(cls, values)
 
 
 def _read_yolo_folder(
@@ -98,17 +82,18 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
     labelled class's folders. An image labelled with no objects gets an empty label file (a background).
     """
     check_task(task)
+    task_labels = task_of(task)
     names = class_names(names)
     dataset, source = Path(dataset).resolve(), Path(source)
     kpt = None
-    if not task_of(task).classifies:
+    if not task_labels.classifies:
         data = read_dataset_yaml(dataset / DATA_FILE)
         if class_names(data.get("names", {})) != names:
             raise DatasetError(
                 f"{dataset / DATA_FILE}: the dataset's classes {data.get('names')} are not {names}: "
                 "import with the names the dataset was exported with"
             )
-        if task == "pose":
+        if task_labels.keypoints:
             shape = data.get("kpt_shape")
             if not shape:
                 raise DatasetError(
@@ -116,7 +101,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
                 )
             layout = data.get("kpt_names") or dict.fromkeys(names, [str(i) for i in range(shape[0])])
             kpt = (list(shape), {int(k): [str(n) for n in v] for k, v in layout.items()})
-    images = dataset_images(dataset, task)
+    images = dataset_images(dataset, task_labels.classifies)
     unannotated: list[str] = []
     if source.is_dir():
         labels, unknown = _read_yolo_folder(source, images, task, names, kpt[0] if kpt else None)
@@ -127,7 +112,7 @@ def import_labels(dataset: Path, source: Path, names: dict[int, str], task: str,
             f"{source}: no such folder or file: pass a folder of YOLO labels or a Label Studio JSON export"
         )
     for capture, label in labels.items():
-        if task_of(task).classifies:
+        if task_labels.classifies:
             for path in images[capture]:
                 target = path.parent.parent / label / path.name
                 if target != path:

@@ -8,14 +8,13 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 from PIL import Image, ImageOps
 
 from quality.geometry import clip_unit
-from quality.tasks import largest_polygon, task_of
+from quality.tasks import TOLERANCE
+from retraining.datasets.labelstudio_tasks import LABEL_STUDIO, Annotated
 from retraining.datasets.layout import (
-    TOLERANCE,
     DatasetError,
     ExportSummary,
     ReadBlob,
@@ -25,103 +24,36 @@ from retraining.datasets.layout import (
     check_task,
     class_names,
     image_suffix,
-    label_line,
     successful_rows,
     write_whole,
 )
 from serving.yolo_contract import answer_items
 
-LS_KEYPOINT_WIDTH = 0.5  # Label Studio's keypoint size, in percent of the image width
-
-
-def _percent(value: float, size: int) -> float:
-    return value / size * 100
-
-
-def _ls_rectangle(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> dict:
-    return {
-        "x": _percent(x1, width),
-        "y": _percent(y1, height),
-        "width": _percent(x2 - x1, width),
-        "height": _percent(y2 - y1, height),
-        "rotation": 0,
-    }
-
-
-def _ls_rotated(o: dict, width: int, height: int) -> dict:
-    """An obb (centre, size, angle in radians) as Label Studio's rectangle, which rotates about its top-left
-    corner (x, y) by ``rotation`` degrees clockwise on screen (the same sense as Ultralytics' angle)."""
-    cos, sin = math.cos(o["angle"]), math.sin(o["angle"])
-    x = o["cx"] - (o["w"] / 2 * cos - o["h"] / 2 * sin)
-    y = o["cy"] - (o["w"] / 2 * sin + o["h"] / 2 * cos)
-    return {
-        "x": _percent(x, width),
-        "y": _percent(y, height),
-        "width": _percent(o["w"], width),
-        "height": _percent(o["h"], height),
-        "rotation": math.degrees(o["angle"]) % 360,
-    }
-
 
 def _ls_results(row: dict, task: str) -> list[dict]:
-    answer, capture = row["answer"], row["id"]
+    capture = row["id"]
     width, height = answer_size(row)
-
-    def result(number: int | str, kind: str, value: dict, score: float, from_name: str = "label") -> dict:
-        return {
-            "id": f"{capture}_{number}",
-            "type": kind,
-            "from_name": from_name,
+    return [
+        {
+            "id": f"{capture}_{r.number}",
+            "type": r.type,
+            "from_name": r.from_name,
             "to_name": "image",
             "original_width": width,
             "original_height": height,
             "image_rotation": 0,
-            "value": value,
-            "score": score,
+            "value": r.value,
+            "score": r.score,
         }
-
-    if task_of(task).classifies:
-        top = answer_items(answer)[0]
-        return [result(0, "choices", {"choices": [top["class"]]}, top["confidence"])]
-    results = []
-    for i, d in enumerate(answer_items(answer)):
-        label, score = d["class"], d["confidence"]
-        if task == "segment":
-            points = [[_percent(x, width), _percent(y, height)] for x, y in largest_polygon(d)]
-            results.append(
-                result(i, "polygonlabels", {"points": points, "closed": True, "polygonlabels": [label]}, score)
-            )
-            continue
-        box = _ls_rotated(d["obb"], width, height) if task == "obb" else _ls_rectangle(*d["bbox"], width, height)
-        results.append(result(i, "rectanglelabels", box | {"rectanglelabels": [label]}, score))
-        for j, k in enumerate(d.get("keypoints") or [] if task == "pose" else []):
-            if task_of("pose").is_visible(k, width, height):
-                value = {
-                    "x": _percent(k["x"], width),
-                    "y": _percent(k["y"], height),
-                    "width": LS_KEYPOINT_WIDTH,
-                    "keypointlabels": [str(k["name"])],
-                }
-                results.append(result(f"{i}_k{j}", "keypointlabels", value, k["confidence"], "keypoint"))
-    return results
+        for r in LABEL_STUDIO[task].regions(row["answer"], width, height)
+    ]
 
 
 def labeling_config(task: str, names: dict[int, str], keypoint_names: Iterable[str] = ()) -> str:
     """Label Studio's labeling config for ``task``: the controls (from_name ``label``, and ``keypoint`` for
     pose) on the image (to_name ``image``) that the tasks' predictions and import_labels use."""
     check_task(task)
-    labels = "".join(f"\n    <Label value={quoteattr(n)}/>" for n in class_names(names).values())
-    if task_of(task).classifies:
-        choices = "".join(f"\n    <Choice value={quoteattr(n)}/>" for n in class_names(names).values())
-        control = f'  <Choices name="label" toName="image" choice="single" showInLine="true">{choices}\n  </Choices>'
-    elif task == "segment":
-        control = f'  <PolygonLabels name="label" toName="image" strokeWidth="2">{labels}\n  </PolygonLabels>'
-    else:
-        rotate = "true" if task == "obb" else "false"
-        control = f'  <RectangleLabels name="label" toName="image" canRotate="{rotate}">{labels}\n  </RectangleLabels>'
-    if task == "pose":
-        points = "".join(f"\n    <Label value={quoteattr(n)}/>" for n in dict.fromkeys(keypoint_names))
-        control += f'\n  <KeyPointLabels name="keypoint" toName="image" strokeWidth="2">{points}\n  </KeyPointLabels>'
+    control = LABEL_STUDIO[task].control(names, keypoint_names)
     return f'<View>\n  <Image name="image" value="$image" zoom="true"/>\n{control}\n</View>\n'
 
 
@@ -212,33 +144,13 @@ def _task_capture(task_item: dict, images: dict) -> str:
     return stem
 
 
-def _keypoint_owner(
-    point: tuple[float, float], parent: str | None, box_ids: list, envelopes: list[tuple[float, float, float, float]]
-) -> int | None:
-    """Which box a Label Studio keypoint belongs to: its parentID's, else the smallest box holding it, else
-    the box with the nearest centre (None without boxes)."""
-    if not envelopes:
-        return None
-    if parent and parent in box_ids:
-        return box_ids.index(parent)
-    x, y = point
-    inside = [i for i, (x1, y1, x2, y2) in enumerate(envelopes) if x1 <= x <= x2 and y1 <= y <= y2]
-    if inside:
-        return min(inside, key=lambda i: (envelopes[i][2] - envelopes[i][0]) * (envelopes[i][3] - envelopes[i][1]))
-    return min(
-        range(len(envelopes)),
-        key=lambda i: (
-            ((envelopes[i][0] + envelopes[i][2]) / 2 - x) ** 2 + ((envelopes[i][1] + envelopes[i][3]) / 2 - y) ** 2
-        ),
-    )
-
-
 def _ls_labels(
     where: str, result: list, task: str, names: dict[int, str], kpt: tuple | None, image: Path
 ) -> list[str] | str:
     """One annotation's result as YOLO label lines (classify: the class name)."""
+    studio = LABEL_STUDIO[task]
     ids = {n: i for i, n in names.items()}
-    boxes, polygons, points, choices = [], [], [], []
+    annotated = Annotated()
     size = None
     for j, item in enumerate(result):
         here = f"{where} result {j}"
@@ -246,13 +158,9 @@ def _ls_labels(
         value = item.get("value") if isinstance(item, dict) else None
         if kind == "relation":
             continue
-        allowed = {"classify": {"choices"}, "segment": {"polygonlabels", "rectanglelabels"}}.get(
-            task, {"rectanglelabels"}
-        )
-        allowed = allowed | ({"keypointlabels"} if task == "pose" else set())
-        if kind not in allowed or not isinstance(value, dict):
+        if kind not in studio.reads or not isinstance(value, dict):
             raise DatasetError(
-                f"{here}: a {kind!r} region where a {task} label is {' or '.join(sorted(allowed))}: "
+                f"{here}: a {kind!r} region where a {task} label is {' or '.join(sorted(studio.reads))}: "
                 "label with the labeling_config.xml that export_labelstudio wrote"
             )
         label = (value.get(kind) or [None])[0]
@@ -260,7 +168,7 @@ def _ls_labels(
         if label not in known:
             raise DatasetError(f"{here}: label {label!r} is not one of {sorted(known)}: fix the label in Label Studio")
         if kind == "choices":
-            choices.append(label)
+            annotated.choices.append(label)
             continue
         try:
             if kind == "polygonlabels":
@@ -294,49 +202,12 @@ def _ls_labels(
             raise DatasetError(f"{here}: coordinate {bad[0] * 100:.2f}% is outside the image: fix it in Label Studio")
         xy = [(clip_unit(px), clip_unit(py)) for px, py in xy]
         if kind == "keypointlabels":
-            points.append((label, xy[0], item.get("parentID")))
-        elif kind == "polygonlabels" or task == "segment":
-            if len(xy) < 3:
-                raise DatasetError(f"{here}: a polygon of {len(xy)} points: draw at least 3")
-            polygons.append((ids[label], xy))
+            annotated.points.append((label, xy[0], item.get("parentID")))
+        elif len(xy) < 3:
+            raise DatasetError(f"{here}: a polygon of {len(xy)} points: draw at least 3")
         else:
-            boxes.append((ids[label], xy, item.get("id")))
-    if task_of(task).classifies:
-        if len(choices) != 1:
-            raise DatasetError(
-                f"{where}: {len(choices)} classes chosen where a classify label has one: fix it in Label Studio"
-            )
-        return choices[0]
-    if task == "segment":
-        return [label_line(c, [v for p in xy for v in p]) for c, xy in polygons]
-    if task == "obb":
-        return [label_line(c, [v for p in xy for v in p]) for c, xy, _ in boxes]
-    envelopes = [
-        (min(x for x, _ in xy), min(y for _, y in xy), max(x for x, _ in xy), max(y for _, y in xy))
-        for _, xy, _ in boxes
-    ]
-    members: dict[int, dict[str, tuple[float, float]]] = {i: {} for i in range(len(boxes))}
-    for name, point, parent in points:
-        owner = _keypoint_owner(point, parent, [rid for _, _, rid in boxes], envelopes)
-        if owner is None:
-            raise DatasetError(f"{where}: keypoint {name!r} without a box: draw the object's box too")
-        if name in members[owner]:
-            raise DatasetError(f"{where}: two {name!r} keypoints in one box: delete one in Label Studio")
-        members[owner][name] = point
-    lines = []
-    (_, ndim), layout = kpt if kpt else ((0, 0), {})
-    for i, (x1, y1, x2, y2) in enumerate(envelopes):
-        values = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
-        if task == "pose":
-            cls = boxes[i][0]
-            strays = set(members[i]) - set(layout[cls])
-            if strays:
-                raise DatasetError(f"{where}: keypoints {sorted(strays)} are not keypoints of {names[cls]}: fix them")
-            for name in layout[cls]:
-                p = members[i].get(name)
-                values += ([p[0], p[1], 2] if p else [0.0, 0.0, 0]) if ndim == 3 else list(p or (0.0, 0.0))
-        lines.append(label_line(boxes[i][0], values))
-    return lines
+            annotated.shapes.append((ids[label], xy, item.get("id")))
+    return studio.lines(where, annotated, names, kpt)
 
 
 def read_labelstudio(

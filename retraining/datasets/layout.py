@@ -14,11 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quality.tasks import task_of
 from serving.yolo_contract import TASKS
 from serving.yolo_files import MappingError, is_image_file, media_suffix, read_mapping
 
-TOLERANCE = 0.01  # normalised coordinates may stray this far outside [0, 1] (Ultralytics' own tolerance)
 LABELLED_FILE = "labelled.json"
 CAPTURES_FILE = "captures.jsonl"
 DATA_FILE = "data.yaml"
@@ -196,10 +194,10 @@ def labelled_ids(dataset: Path) -> dict[str, dict]:
     return found
 
 
-def dataset_images(dataset: Path, task: str) -> dict[str, list[Path]]:
-    """The dataset's images by id (classify: the image in train/ and in val/)."""
+def dataset_images(dataset: Path, classifies: bool) -> dict[str, list[Path]]:
+    """The dataset's images by id (``classifies``, a dataset of class folders: the image in train/ and in val/)."""
     found: dict[str, list[Path]] = {}
-    if task_of(task).classifies:
+    if classifies:
         files = [p for split in ("train", "val") for p in sorted((dataset / split).glob("*/*"))]
     else:
         files = sorted((dataset / "images").glob("*"))
@@ -207,7 +205,7 @@ def dataset_images(dataset: Path, task: str) -> dict[str, list[Path]]:
         if is_image_file(path):
             found.setdefault(path.stem, []).append(path)
     if not found:
-        layout = "train/<class>/" if task_of(task).classifies else "images/"
+        layout = "train/<class>/" if classifies else "images/"
         raise DatasetError(f"{dataset}: no images under {layout}: import into a dataset that export_yolo wrote")
     return found
 

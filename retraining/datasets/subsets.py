@@ -34,7 +34,7 @@ def subset(dataset: Path, ids: Iterable[str], out: Path) -> Path:
     classify = not (dataset / DATA_FILE).is_file()
     if classify and not (dataset / "train").is_dir():
         raise DatasetError(f"{dataset}: neither data.yaml nor train/: pass a dataset export_yolo wrote")
-    images = dataset_images(dataset, "classify" if classify else "detect")
+    images = dataset_images(dataset, classify)
     missing = [i for i in ids if i not in images]
     if missing:
         raise DatasetError(

@@ -112,7 +112,8 @@ def export_yolo(
     out = Path(out).resolve()
     good, skipped = successful_rows(rows, task)
     labelled = labelled_ids(out)
-    if task_of(task).classifies:
+    labels = task_of(task)
+    if labels.classifies:
         return _export_classify(good, skipped, read_blob, out, names, labelled)
     data_file = out / DATA_FILE
     existing = read_dataset_yaml(data_file) if data_file.is_file() else {}
@@ -121,8 +122,8 @@ def export_yolo(
             f"{data_file}: exported with classes {existing.get('names')}, not {names}: "
             "export a model with other classes into a new folder"
         )
-    kpt = _keypoint_layout(good, names, kpt_shape, kpt_names, existing) if task == "pose" else None
-    if flip_idx is not None and (task != "pose" or sorted(flip_idx) != list(range(kpt[0][0]))):
+    kpt = _keypoint_layout(good, names, kpt_shape, kpt_names, existing) if labels.keypoints else None
+    if flip_idx is not None and (not labels.keypoints or sorted(flip_idx) != list(range(kpt[0][0]))):
         raise DatasetError(f"flip_idx {flip_idx} is not a permutation of the keypoints: pass the model's flip_idx")
     planned = []
     for row in good:
