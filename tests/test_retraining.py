@@ -101,6 +101,7 @@ def test_the_captures_command_says_what_is_missing(tmp_path, capsys):
 
 
 @pytest.mark.integration
+@pytest.mark.training
 def test_the_loop_captures_labels_fine_tunes_gates_canaries_and_promotes(tmp_path):
     """make ct-demo's short version: a few defocused captures, one epoch, a gated canary under traffic."""
     plan = dataclasses.replace(QUICK, mlflow_dir=tmp_path / "mlflow")
