@@ -116,8 +116,8 @@ test: venv lint ## Set everything up, lint, and run the whole test suite
 	bash scripts/ensure_packages.sh
 	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
-test-fast: venv ## The edit-test loop: every test that starts no server and builds no archive (under 2 minutes)
-	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging" $(PYTEST_ARGS)
+test-fast: venv ## The edit-test loop: every test that starts no server, builds no archive and trains nothing
+	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging and not training" $(PYTEST_ARGS)
 
 redeploy: venv $(OWN_REFERENCE) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)

@@ -68,6 +68,8 @@ class Plan:
     replay_pool: int = 600  # images of the incumbent's training seed packaged as its --train-data
     epochs: int = 5
     replay_ratio: float = 2.0  # replayed training images per captured one
+    min_gain: float = 0.0  # the compare: the candidate beats the incumbent on the held-out captures by more than this
+    tolerance: float = 0.01  # and loses at most this on the clean holdout (on fewer than 100 images it only warns)
     holdout: int = 600  # images of each evaluation set (seed 9002)
     canary_requests: int = 100
     reference_min: int = 200
@@ -78,9 +80,11 @@ class Plan:
 
 
 # Two steps of AdamW move every weight by about its learning rate and undo the model; a step of plain SGD does not.
+# So one gentle epoch leaves the candidate within a few hundredths of the incumbent on the 3 or 4 held-out captures
+# (0.854 vs 0.879 measured): it may not beat it there, but a fine-tune that lost more than 0.1 is broken and refused.
 QUICK = Plan(
     sharp=20, captures=16, extra=24, replay_pool=32, epochs=1, holdout=8, canary_requests=8, reference_min=10_000,
-    quick=True, fine_tune={"optimizer": "SGD", "lr0": 0.001},
+    min_gain=-0.1, quick=True, fine_tune={"optimizer": "SGD", "lr0": 0.001},
 )  # fmt: skip
 
 
@@ -220,8 +224,8 @@ def run(plan: Plan, work: Path, clock: Clock) -> dict:
         since = time.perf_counter()
         options = RetrainOptions(
             dataset=dataset, epochs=plan.epochs, canary_requests=plan.canary_requests, canary_timeout_s=300,
-            reference_min=plan.reference_min, min_gain=-1.0 if plan.quick else 0.0,
-            tolerance=1.0 if plan.quick else 0.01, fine_tune=plan.fine_tune, replay_ratio=plan.replay_ratio,
+            reference_min=plan.reference_min, min_gain=plan.min_gain, tolerance=plan.tolerance,
+            fine_tune=plan.fine_tune, replay_ratio=plan.replay_ratio,
             frozen_data=None if plan.quick else evals["clean"],
         )  # fmt: skip
         if plan.mlflow_dir:

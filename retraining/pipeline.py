@@ -332,6 +332,13 @@ def _retrain(stack, options, out, steps: Steps, run, outcome: Outcome, dataset: 
         archive = package_candidate(stack, model, version, tuned.weights, ws, reference, workers, out)
         run.artifact(archive, "archive")
         run.params({"reference_images": found if reference else 0})
+    canary_release(stack, options, steps, run, outcome, out)
+
+
+def canary_release(stack: Stack, options: RetrainOptions, steps: Steps, run, outcome: Outcome, out) -> None:
+    """The packaged candidate's gated canary, judged live (``watch_canary``): promoted when the verdict passes;
+    rolled back when it fails, and when the watch itself fails (the gateway gone, an interrupt: raised again)."""
+    model, incumbent, version = stack.model_name, outcome.incumbent, outcome.candidate
     with steps.step("canary", f"gated canary of {version} on {options.canary_percent:g}% of {model}'s traffic"):
         start_canary(stack, version, options.canary_percent, out=lambda line: out(f"  {line}"))
         try:

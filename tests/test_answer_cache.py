@@ -5,6 +5,7 @@ answers, capture skipped and drift fed on a hit, and two gateways sharing one re
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from gateway.answer_cache import AnswerCache, Entry, MemoryAnswers, RedisAnswers, answer_key, image_digest
@@ -19,8 +21,10 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from operations.archives import archive_for
 from operations.releases import load_version
-from operations.stack import free_port
+from operations.stack import free_port, wait_until
 from tests.helpers import ROOT, metric_total, package
+
+ADMIN = {"X-Admin-Key": "cache-operator"}
 
 BODY = {
     "status": "success",
@@ -210,6 +214,7 @@ def caching(extra_gateway, tmp_path):
         GATEWAY_ANSWER_CACHE="memory",
         GATEWAY_CAPTURE_POLICY=str(policy),
         GATEWAY_CAPTURE_DIR=str(tmp_path / "captures"),
+        GATEWAY_ADMIN_KEYS=ADMIN["X-Admin-Key"],
     )
 
 
@@ -243,15 +248,21 @@ def test_a_repeat_is_answered_from_the_cache(caching, ground_truth):
     assert offered_to_capture(url) == 3, "the misses are offered to the capture policy; a hit never is"
 
 
-def offered_to_capture(url: str, settle_s: float = 1.0) -> float:
-    """Answers the capture worker has dealt with (kept or dropped, e.g. as an exact duplicate), once it is idle."""
-    deadline, last, changed = time.monotonic() + 30, -1.0, time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - changed < settle_s:
-        total = metric_total(url, "gateway_captures_total") + metric_total(url, "gateway_capture_dropped_total")
-        if total != last:
-            last, changed = total, time.monotonic()
-        time.sleep(0.1)
-    return last
+def offered_to_capture(url: str) -> float:
+    """Answers the capture worker has dealt with (kept or dropped, e.g. as an exact duplicate) so far.
+
+    The worker takes what is offered in turn: once a last answer, of an image never sent before (noise), is
+    listed as captured, every earlier one has been dealt with. That last one is not counted."""
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(noise, "PNG")
+    last = post(url, noise.getvalue()).headers["x-request-id"]
+
+    def listed() -> bool:
+        rows = httpx.get(f"{url}/models/yolo/captures", headers=ADMIN, timeout=10).json()["captures"]
+        return any(row["request_id"] == last for row in rows)
+
+    wait_until(listed, "the last answer captured", 30)
+    return metric_total(url, "gateway_captures_total") + metric_total(url, "gateway_capture_dropped_total") - 1
 
 
 @pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 from containers.compose_check import CHECKS, PROJECT
 from tests.helpers import run_container_proof
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 
 def test_compose_stack_builds_starts_passes_every_check_and_tears_down():

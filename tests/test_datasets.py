@@ -236,6 +236,7 @@ def train(weights: str, data: Path, tmp_path: Path):
     return model
 
 
+@pytest.mark.training
 def test_ultralytics_trains_on_a_detect_export_unchanged(tmp_path):
     _, _, summary = export("detect", tmp_path, count=4)
     model = train("detect", summary.path, tmp_path)
@@ -244,6 +245,7 @@ def test_ultralytics_trains_on_a_detect_export_unchanged(tmp_path):
     assert model.trainer.train_loader.dataset.labels[0]["cls"].size == 2  # the pre-labels were read
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("task", ["segment", "pose", "obb"])
 def test_ultralytics_trains_on_segment_pose_obb_exports_unchanged(task, tmp_path):
     """Pose: data.yaml's kpt_names become the trained model's, the names its answers carry."""
@@ -259,6 +261,7 @@ def test_ultralytics_trains_on_segment_pose_obb_exports_unchanged(task, tmp_path
         assert len(labels[0]["segments"]) == 2
 
 
+@pytest.mark.training
 def test_ultralytics_trains_on_a_classify_export_unchanged(tmp_path):
     _, _, summary = export("classify", tmp_path, count=4)
     model = train("classify", summary.path, tmp_path)

@@ -160,3 +160,21 @@ def test_a_greedy_client_is_limited_and_leaves_others_their_latency(stack, extra
     assert metric_total(gateway.gateway_url, limited) == statuses.count(429)
     exposed = httpx.get(f"{gateway.gateway_url}/metrics", timeout=10).text
     assert "greedy-key" not in exposed and "127.0.0.2" not in exposed
+
+
+def test_a_rate_limited_client_is_told_when_to_come_back(extra_gateway, ground_truth):
+    """Over HTTP: past its burst a client gets a 429 JSON error whose Retry-After (whole seconds) is how long its
+    bucket needs for a token, and a client that waits that long is answered."""
+    gateway = extra_gateway(GATEWAY_RATE_LIMIT_PER_S="0.25", GATEWAY_RATE_LIMIT_BURST="1")  # a token every 4 s
+    url, photo = f"{gateway.gateway_url}/predict", ground_truth[0].path.read_bytes()
+    with httpx.Client(timeout=60) as http:
+        first = http.post(url, files={"file": ("part.jpg", photo)})
+        refused = http.post(url, files={"file": ("part.jpg", photo)})
+        assert first.status_code == 200, first.text
+        assert refused.status_code == 429 and refused.headers["content-type"] == "application/json", refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "rate_limited" and "0.25 predictions/s (bursts of 1)" in error["message"], error
+        retry_after = int(refused.headers["Retry-After"])
+        assert 1 <= retry_after <= 4, refused.headers
+        time.sleep(retry_after)  # the client does as it is told: that is what is tested
+        assert http.post(url, files={"file": ("part.jpg", photo)}).status_code == 200

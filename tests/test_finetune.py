@@ -60,6 +60,7 @@ def tiny_blurred(tmp_path_factory):
     return gd.generate(tmp_path_factory.mktemp("blurred"), 11, {"train": 6, "val": 2}, (160, 128), blur=2.0)
 
 
+@pytest.mark.training
 def test_fine_tune_one_epoch(tiny_blurred, tmp_path):
     from ultralytics import YOLO
 

@@ -6,7 +6,6 @@ import io
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -178,6 +177,16 @@ def test_worker_pids_read_from_a_description():
     assert worker_pids([{"workers": []}]) == frozenset()
 
 
+def queued_in_torchserve(stack, version: str) -> float:
+    """Requests TorchServe's frontend has taken in for ``version`` (it counts each as it queues it for a worker)."""
+    text = httpx.get(f"{stack.metrics_url}/metrics", timeout=10).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("ts_inference_requests_total{") and f'model_version="{version}"' in line
+    )
+
+
 def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gateway, ground_truth, tmp_path):
     """TorchServe 0.12 drops, unanswered, the jobs a worker thread is still gathering into a batch when the
     worker's process dies. A version that waits 3 s to fill a batch holds a lone request in that window; its
@@ -194,9 +203,11 @@ def test_a_job_torchserve_drops_with_its_worker_is_sent_again(stack, extra_gatew
         load_version(stack, ts, "1.9")
         try:
             (worker,) = ts.workers(stack.model_name, "1.9")
+            before = queued_in_torchserve(stack, "1.9")
             with ThreadPoolExecutor(max_workers=1) as pool:
                 answer = pool.submit(post, gateway.gateway_url, photo, version="1.9")
-                time.sleep(1)  # sent, and waiting in the 3 s batch window
+                # sent, and waiting in the 3 s batch window
+                wait_until(lambda: queued_in_torchserve(stack, "1.9") > before, "the request queued", 30)
                 psutil.Process(worker["pid"]).kill()
                 response = answer.result()
         finally:

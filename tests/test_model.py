@@ -145,6 +145,7 @@ def test_gateway_parsing_scores_like_local():
         evaluate.parse_gateway_response({"status": "error"}, NAMES)
 
 
+@pytest.mark.training
 def test_train_smoke(tmp_path):
     data = train.ensure_dataset(1, {"train": 8, "val": 4, "test": 0}, (160, 128), root=tmp_path / "ds")
     save_dir, wall = train.train_run(data, run_dir=tmp_path / "runs" / "smoke", epochs=1, imgsz=64, batch=4, seed=1)

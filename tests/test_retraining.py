@@ -1,5 +1,6 @@
-"""Retraining as a release: the canary's verdict, the trigger policy, the data split, and the whole loop
-(capture, label, fine-tune, gate, canary, promote) on the real stack in its short version."""
+"""Retraining as a release: the canary's verdict, the compare, the trigger policy, the data split, the canary's
+rollback, and the whole loop (capture, label, fine-tune, gate, canary, promote) on the real stack in its short
+version."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import json
 import time
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
-from benchmarks.ct_demo import QUICK, Clock, run
+from benchmarks.ct_demo import QUICK, Clock, Plan, run
 from gateway.metrics import GatewayMetrics
+from operations.history import read_canary, read_history, record
+from operations.stack import Stack, current_version, free_port
 from retraining.canary import arm_counts, decide
-from retraining.pipeline import RetrainOptions, judge
-from retraining.tracking import runs
+from retraining.pipeline import Outcome, RetrainOptions, Steps, canary_release, judge
+from retraining.tracking import runs, tracked_run
 from retraining.trigger import TriggerPolicy, due, load_triggers
 from retraining.workspace import in_holdout, replay_items, split_labelled
 from scripts import captures
+from tests.helpers import WEIGHTS, package
 
 
 def test_the_canary_fails_on_drift_or_errors_passes_on_enough_answers_and_never_on_no_evidence():
@@ -62,6 +67,19 @@ def test_the_candidate_must_beat_the_incumbent_on_new_data_and_not_forget_the_ol
     assert "on 6 images that is noise-level" in said[0]
 
 
+def test_the_quick_loops_compare_refuses_a_candidate_that_lost_on_the_held_out_captures():
+    """make ct-demo --quick's settings: one gentle epoch may leave the candidate a little under the incumbent on its
+    few held-out captures (as measured), never far under it; its forgetting check warns on the 6-image gate set."""
+    options = RetrainOptions(min_gain=QUICK.min_gain, tolerance=QUICK.tolerance)
+    scores = {"holdout_incumbent": 0.879, "frozen_incumbent": 0.934, "frozen_candidate": 0.923}
+    assert judge({**scores, "holdout_candidate": 0.854}, options, frozen_images=6) is None
+    assert "not better" in judge({**scores, "holdout_candidate": 0.75}, options, frozen_images=6)
+    assert "not better" in judge({**scores, "holdout_candidate": 0.879}, RetrainOptions(min_gain=Plan().min_gain))
+    said = []
+    assert judge({**scores, "holdout_candidate": 0.854}, options, frozen_images=6, out=said.append) is None
+    assert "noise-level" in said[0], "the frozen check is not switched off: it says it cannot judge on 6 images"
+
+
 def test_the_held_out_slice_is_stable_and_never_empty(tmp_path):
     ids = [f"{n:016x}" for n in range(200)]
     held = [i for i in ids if in_holdout(i)]
@@ -101,6 +119,7 @@ def test_the_captures_command_says_what_is_missing(tmp_path, capsys):
 
 
 @pytest.mark.integration
+@pytest.mark.training
 def test_the_loop_captures_labels_fine_tunes_gates_canaries_and_promotes(tmp_path):
     """make ct-demo's short version: a few defocused captures, one epoch, a gated canary under traffic."""
     plan = dataclasses.replace(QUICK, mlflow_dir=tmp_path / "mlflow")
@@ -118,6 +137,7 @@ def test_the_loop_captures_labels_fine_tunes_gates_canaries_and_promotes(tmp_pat
     assert tracked["status"] == "FINISHED" and tracked["tags"]["result"] == "promoted"
     held_out = int(tracked["params"]["captures"]) + int(tracked["params"]["holdout"])
     assert tracked["params"]["candidate"] == "2.1" and held_out == figures["labelled"]
+    assert float(tracked["params"]["min_gain"]) == QUICK.min_gain and float(tracked["params"]["tolerance"]) == 0.01
     assert "archive" in tracked["artifacts"] and tracked["metrics"]["canary_answers"] >= plan.canary_requests
     assert {"holdout_incumbent", "holdout_candidate", "frozen_incumbent", "frozen_candidate"} <= set(tracked["metrics"])
 
@@ -134,3 +154,37 @@ def test_replayed_images_find_their_labels_by_ultralytics_rule(tmp_path, home):
     (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {{0: bolt}}\n")
     (item,) = replay_items(root / "data.yaml", "detect", 5)
     assert item.label == root / "labels" / "train" / "a.txt" and item.label.is_file()
+
+
+@pytest.mark.integration
+def test_a_canary_that_fails_its_verdict_or_cannot_be_watched_is_rolled_back(stack, tmp_path):
+    """retrain's last step on the real stack: a candidate whose canary gets no answer in its 3 s fails its verdict
+    and is rolled back; one whose watch fails (the gateway unreachable) is rolled back and the failure raised. Each
+    leaves v1.0 serving every request, the candidate unloaded, and the history saying so."""
+    built = package(stack.model_store, "1.8", WEIGHTS["1.0"], "--format", "pt")
+    assert built.returncode == 0, built.stdout + built.stderr
+    said: list[str] = []
+
+    def release(on: Stack, options: RetrainOptions) -> tuple[Outcome, Steps]:
+        steps = Steps(said.append, done=lambda step, s: record(stack, f"retrain-{step}", "1.8", "1.0", seconds=s))
+        outcome = Outcome("yolo", "1.0", "1.8", "refused", "", {}, steps.times)
+        with tracked_run("yolo", "yolo 1.0 -> 1.8", tmp_path / "mlflow") as run:
+            canary_release(on, options, steps, run, outcome, said.append)
+        return outcome, steps
+
+    def rolled_back() -> list[tuple[str, str]]:
+        assert read_canary(stack) is None and current_version(stack) == "1.0"
+        with stack.torchserve() as ts:
+            assert "1.8" not in ts.loaded_versions(stack.model_name)
+        return [(entry["action"], entry.get("aborted_canary") or entry["version"]) for entry in read_history(stack)]
+
+    outcome, _ = release(stack, RetrainOptions(canary_requests=1000, canary_timeout_s=3))
+    assert outcome.result == "rolled_back" and "only 0 canary answers in 3 s" in outcome.reason, said
+    assert set(outcome.steps) == {"canary", "rollback"}
+    canaried = [("canary", "1.8"), ("retrain-canary", "1.8"), ("rollback", "1.8"), ("retrain-rollback", "1.8")]
+    assert rolled_back()[-4:] == canaried
+
+    unreachable = dataclasses.replace(stack, gateway_port=free_port())
+    with pytest.raises(httpx.ConnectError):
+        release(unreachable, RetrainOptions(canary_requests=1000, canary_timeout_s=60))
+    assert rolled_back()[-6:] == [*canaried, ("canary", "1.8"), ("rollback", "1.8")]

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from operations.stack import recorded_pid, wait_until
+from tests.helpers import metric_total
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,8 @@ def test_sigterm_reports_draining_answers_in_flight_and_new_requests_then_exits(
 
     sender = threading.Thread(target=send_slowly)
     sender.start()
-    time.sleep(0.5)  # the slow upload has started
+    # The slow upload is being handled: the gateway counts it in flight, beside the /metrics request that asks.
+    wait_until(lambda: metric_total(url, "gateway_in_flight_requests") >= 2, "the slow upload in flight", 10)
     pid = recorded_pid(gateway, "gateway")
     os.kill(pid, signal.SIGTERM)
     signalled = time.monotonic()

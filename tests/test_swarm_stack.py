@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import run_container_proof
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 TARGETS = (
     "HTTPS through the balancer",

@@ -1,0 +1,172 @@
+"""`make test`: the whole suite in lanes that fail fast, the independent ones side by side.
+
+Each test belongs to exactly one lane, by its markers (the first lane whose markers it carries):
+
+    containers  the Compose and Swarm proofs (a Docker engine, images, stacks)
+    stack       starts TorchServe, the gateway, Redis or a browser (``integration``)
+    packaging   builds archives and runs them in-process, no server
+    training    trains Ultralytics for an epoch or so
+    fast        everything else (`make test-fast`)
+
+Lint and the fast lane run first, alone: a typo fails in about a minute. Then two tracks run side by
+side, each lane a pytest process of its own: the containers lane (mostly waiting on Docker: builds,
+health checks, rolling updates) beside packaging, training and the stack lane one after the other
+(they share the two cores' CPU-bound work). A failed lane stops its track; the other track finishes,
+so one run shows every failure. Each parallel lane's output goes to ``var/test-lanes/<lane>.log`` and is
+printed whole when the lane ends; the closing table gives each lane's time and counts, and the last
+line the totals.
+
+    python -m tests.lanes               # every lane, as `make test`
+    python -m tests.lanes fast stack    # only these lanes, in this order, one after the other
+    python -m tests.lanes stack -- -k drift -x   # pytest's own options after --
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "var" / "test-lanes"
+
+# lane -> the -m expression that selects it: every test lands in exactly one lane
+LANES = {
+    "fast": "not containers and not integration and not packaging and not training",
+    "training": "training and not containers and not integration and not packaging",
+    "packaging": "packaging and not containers and not integration",
+    "stack": "integration and not containers",
+    "containers": "containers",
+}
+# what `make test` runs: lint, then the fast lane, then these tracks side by side
+TRACKS = (("packaging", "training", "stack"), ("containers",))
+COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+
+
+@dataclass
+class Lane:
+    name: str
+    seconds: float = 0.0
+    returncode: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        # pytest's 5: no test selected (a lane left empty by a -k or a marker change is not a failure)
+        return self.returncode in (0, 5)
+
+
+def pytest_command(lane: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "-m", LANES[lane], *extra]
+
+
+def summary_counts(output: str) -> dict[str, int]:
+    """The counts of pytest's closing line (``12 passed, 1 skipped in 3.2s``)."""
+    closing = [line for line in output.splitlines() if re.search(r" in [\d.]+s", line) and COUNTS.search(line)]
+    found: dict[str, int] = {}
+    for number, word in COUNTS.findall(closing[-1] if closing else ""):
+        found["errors" if word.startswith("error") else word] = int(number)
+    return found
+
+
+def run_lane(lane: str, extra: list[str], live: bool, print_lock: threading.Lock) -> Lane:
+    """One lane as a pytest process: shown live, or into its log file and printed whole when it ends."""
+    result = Lane(lane)
+    started = time.monotonic()
+    command = pytest_command(lane, extra)
+    with print_lock:
+        print(f"\n=== lane {lane}: {' '.join(command[1:])}", flush=True)
+    if live:  # streamed as it comes, and kept for the counts
+        lines = []
+        with subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
+            for line in process.stdout:
+                lines.append(line)
+                print(line, end="", flush=True)
+        output = "".join(lines)
+    else:
+        log = LOGS / f"{lane}.log"
+        with log.open("w") as handle:
+            process = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        output = log.read_text()
+        with print_lock:
+            print(f"\n=== lane {lane} ended ({log.relative_to(ROOT)}):\n{output}", end="", flush=True)
+    result.seconds = time.monotonic() - started
+    result.returncode = process.returncode
+    result.counts = summary_counts(output)
+    return result
+
+
+def run_track(
+    lanes: tuple[str, ...], extra: list[str], results: list[Lane], print_lock: threading.Lock, live: bool = False
+) -> None:
+    for lane in lanes:
+        done = run_lane(lane, extra, live=live, print_lock=print_lock)
+        results.append(done)
+        if not done.ok:
+            return
+
+
+def table(results: list[Lane], wall: float) -> str:
+    rows = ["| lane | time | passed | failed | skipped | result |", "|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        failed = r.counts.get("failed", 0) + r.counts.get("errors", 0)
+        verdict = "ok" if r.ok else f"FAILED (exit {r.returncode})"
+        rows.append(
+            f"| {r.name} | {r.seconds:.0f} s | {r.counts.get('passed', 0)} | {failed} | "
+            f"{r.counts.get('skipped', 0)} | {verdict} |"
+        )
+    rows.append(f"| all (wall clock) | {wall:.0f} s | | | | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.lanes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("lanes", nargs="*", help=f"lanes to run one after the other: {', '.join(LANES)}")
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    unknown = [lane for lane in args.lanes if lane not in LANES]
+    if unknown:
+        parser.error(f"no lane {', '.join(unknown)}; the lanes are {', '.join(LANES)}")
+    LOGS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    lock = threading.Lock()
+    results: list[Lane] = []
+    if args.lanes:
+        run_track(tuple(args.lanes), extra, results, lock, live=True)
+    else:
+        fast = run_lane("fast", extra, live=True, print_lock=lock)
+        results.append(fast)
+        if fast.ok:
+            threads = [
+                threading.Thread(target=run_track, args=(track, extra, results, lock), name="+".join(track))
+                for track in TRACKS
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    wall = time.monotonic() - started
+    print(f"\n{table(results, wall)}\n")
+    passed = sum(r.counts.get("passed", 0) for r in results)
+    failed = sum(r.counts.get("failed", 0) + r.counts.get("errors", 0) for r in results)
+    skipped = sum(r.counts.get("skipped", 0) for r in results)
+    everything = not args.lanes and len(results) == len(LANES)
+    ok = all(r.ok for r in results) and (everything or bool(args.lanes))
+    if not ok and failed == 0:
+        failed = 1  # a lane that crashed or never ran counts as a failure
+    print(f"lanes: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    sys.exit(main())
