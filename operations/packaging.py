@@ -484,6 +484,10 @@ def archive_files(name: str, version: str, serialized: Path, extras: list[Path],
         "--extra-files", ",".join([*(str(SERVING / m) for m in HANDLER_MODULES), *map(str, extras)]),
         "--config-file", str(config), "--export-path", str(out), "--force",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    # the archiver stages files in $TMPDIR/<name>: a folder of this build's own, so two builds of one name at
+    # the same time (a retraining beside an operator, parallel test lanes) cannot mix their files
+    scratch = out / "archiver-tmp"
+    scratch.mkdir(exist_ok=True)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
     if done.returncode != 0:
         raise PackagingError(f"torch-model-archiver failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")

@@ -221,3 +221,17 @@ def test_what_is_missing_from_a_gate_set_or_the_training_data_is_named(tmp_path)
     with pytest.raises(PackagingError, match=f"--train-data {nowhere}: {nowhere} does not exist"):
         build(tmp_path, "1.0", train_data=nowhere, gate_data=None)
     assert not list(tmp_path.glob("*.mar"))
+
+
+def test_the_archiver_stages_in_a_folder_of_the_build_s_own(tmp_path, monkeypatch):
+    """torch-model-archiver copies a model's files into $TMPDIR/<name>: two builds of one name at once (a
+    retraining beside an operator, parallel test lanes) mixed their files there. What sits in the shared
+    temporary folder under that name cannot touch a build."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    (shared / "yolo").write_text("another build's staging, or anything else of that name")
+    monkeypatch.setenv("TMPDIR", str(shared))
+    built, _ = build(tmp_path / "store", "1.0", fmt="pt")
+    with zipfile.ZipFile(built.archive) as mar:
+        assert {"yolo_handler.py", "yolo_contract.py", "model-config.yaml"} <= set(mar.namelist())
+    assert (shared / "yolo").read_text().startswith("another build's")
