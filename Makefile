@@ -35,7 +35,7 @@ PACKAGE = bash scripts/package_mar.sh --name $(MODEL) --weights $(WEIGHTS) --ver
 	--gate-data $(GATE_DATA) $(if $(REFERENCE),--reference $(REFERENCE)) $(OPTIONS_$(MODEL))
 ARCHIVE = serving/model-store/$(MODEL)_v$(VERSION).mar
 
-.PHONY: help venv archive model-archive package up down status logs test test-fast lint compose-up compose-down compose-test
+.PHONY: help venv archive model-archive package up down status logs test test-fast test-lane lint compose-up compose-down compose-test
 .PHONY: redeploy rollback canary promote history loadtest bench bench-models report soak drift-bench
 .PHONY: retrain ct-demo mlflow-ui capture-bench cache-bench swarm-up swarm-down swarm-test
 
@@ -112,12 +112,16 @@ lint: venv ## Static checks
 	$(VENV)/bin/ruff check $(PY_DIRS)
 	$(VENV)/bin/ruff format --check $(PY_DIRS)
 
-test: venv lint ## Set everything up, lint, and run the whole test suite
+test: venv lint ## Set everything up, lint, and run every test in lanes (tests/lanes.py): fast first, then the rest two at a time
 	bash scripts/ensure_packages.sh
-	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	$(PY) -m tests.lanes $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 test-fast: venv ## The edit-test loop: every test that starts no server, builds no archive and trains nothing
-	$(PY) -m pytest -p no:cacheprovider -q -m "not integration and not packaging and not training" $(PYTEST_ARGS)
+	$(PY) -m tests.lanes fast $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
+
+test-lane: venv ## One lane of `make test` (LANE=fast|training|packaging|stack|containers), PYTEST_ARGS for pytest
+	@test -n "$(LANE)" || { echo "error: say which lane: make test-lane LANE=stack (fast, training, packaging, stack, containers)" >&2; exit 1; }
+	$(PY) -m tests.lanes $(LANE) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 redeploy: venv $(OWN_REFERENCE) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime
 	$(NEED_VERSION)
