@@ -119,8 +119,8 @@ test: venv lint ## Set everything up, lint, and run every test in lanes (tests/l
 test-fast: venv ## The edit-test loop: every test that starts no server, builds no archive and trains nothing
 	$(PY) -m tests.lanes fast $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
-test-lane: venv ## One lane of `make test` (LANE=fast|training|packaging|stack|containers), PYTEST_ARGS for pytest
-	@test -n "$(LANE)" || { echo "error: say which lane: make test-lane LANE=stack (fast, training, packaging, stack, containers)" >&2; exit 1; }
+test-lane: venv ## One lane of `make test` (LANE=fast|training|packaging|stack|calibration|containers), PYTEST_ARGS for pytest
+	@test -n "$(LANE)" || { echo "error: say which lane: make test-lane LANE=stack (fast, training, packaging, stack, calibration, containers)" >&2; exit 1; }
 	$(PY) -m tests.lanes $(LANE) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 redeploy: venv $(OWN_REFERENCE) ## Package MODEL's WEIGHTS as VERSION (unless packaged) and deploy it with no downtime

@@ -3,18 +3,19 @@
 Each test belongs to exactly one lane, by its markers (the first lane whose markers it carries):
 
     containers  the Compose and Swarm proofs (a Docker engine, images, stacks)
+    calibration archives with a drift reference (2,400 images through the handler each), served live
     stack       starts TorchServe, the gateway, Redis or a browser (``integration``)
     packaging   builds archives and runs them in-process, no server
     training    trains Ultralytics for an epoch or so
     fast        everything else (`make test-fast`)
 
 Lint and the fast lane run first, alone: a typo fails in about a minute. Then two tracks run side by
-side, each lane a pytest process of its own: the containers lane (mostly waiting on Docker: builds,
-health checks, rolling updates) beside packaging, training and the stack lane one after the other
-(they share the two cores' CPU-bound work). A failed lane stops its track; the other track finishes,
-so one run shows every failure. Each parallel lane's output goes to ``var/test-lanes/<lane>.log`` and is
-printed whole when the lane ends; the closing table gives each lane's time and counts, and the last
-line the totals.
+side, each lane a pytest process of its own: the containers lane (much of it waiting on Docker: builds,
+health checks, rolling updates) then the calibration lane, beside packaging, training and the stack
+lane one after the other; the split is the one measured to make the two tracks take about as long. A
+failed lane stops its track; the other track finishes, so one run shows every failure. Each parallel
+lane's output goes to ``var/test-lanes/<lane>.log`` and is printed whole when the lane ends; the closing
+table gives each lane's time and counts, and the last line the totals.
 
     python -m tests.lanes               # every lane, as `make test`
     python -m tests.lanes fast stack    # only these lanes, in this order, one after the other
@@ -38,14 +39,15 @@ LOGS = ROOT / "var" / "test-lanes"
 
 # lane -> the -m expression that selects it: every test lands in exactly one lane
 LANES = {
-    "fast": "not containers and not integration and not packaging and not training",
-    "training": "training and not containers and not integration and not packaging",
-    "packaging": "packaging and not containers and not integration",
-    "stack": "integration and not containers",
+    "fast": "not containers and not calibration and not integration and not packaging and not training",
+    "training": "training and not containers and not calibration and not integration and not packaging",
+    "packaging": "packaging and not containers and not calibration and not integration",
+    "stack": "integration and not containers and not calibration",
+    "calibration": "calibration and not containers",
     "containers": "containers",
 }
-# what `make test` runs: lint, then the fast lane, then these tracks side by side
-TRACKS = (("packaging", "training", "stack"), ("containers",))
+# what `make test` runs: lint, then the fast lane, then these tracks side by side (measured to end together)
+TRACKS = (("packaging", "training", "stack"), ("containers", "calibration"))
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 

@@ -28,7 +28,7 @@ from operations.stack import recorded_pid, running, start_gateway, wait_until
 from serving.yolo_contract import DRIFT_REFERENCE_FILE
 from tests.helpers import WEIGHTS, TestStack, answers, package
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.calibration]
 ADMIN = {"X-Admin-Key": "drift-operator"}
 STREAM_SEED = 9004  # no reference, bench or other test renders this seed
 UNSHIFTED = Shift("none", (), 0)

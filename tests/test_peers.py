@@ -29,9 +29,10 @@ CLEAR = 0.28  # detections this confident must be in both answers; ones at the 0
 @pytest.fixture(scope="module")
 def openvino_export(model_store, tmp_path_factory) -> tuple[Path, int]:
     unpacked = tmp_path_factory.mktemp("peer-archive")
-    with zipfile.ZipFile(model_store / "yolo_v1.0.mar") as mar:
+    archive = model_store / "yolo_v1.0.mar"
+    with zipfile.ZipFile(archive) as mar:
         mar.extractall(unpacked)
-    return peer_model("fastapi", unpacked, tmp_path_factory.mktemp("peer-model"), WEIGHTS["1.0"])
+    return peer_model("fastapi", archive, unpacked, tmp_path_factory.mktemp("peer-model"), WEIGHTS["1.0"])
 
 
 def test_fastapi_peer_answers_like_ultralytics(openvino_export, tmp_path):
