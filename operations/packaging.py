@@ -177,7 +177,8 @@ def stage_gate_set(
         raise PackagingError(
             f"gate set {source} labels no object: the label files of its {len(items)} images are empty"
         )
-    if gate.task == "pose" and not any(k[2] > 0 for item in items for o in item["objects"] for k in o["keypoints"]):
+    visible = (k[2] > 0 for item in items for o in item.get("objects", []) for k in o.get("keypoints", []))
+    if task_of(gate.task).keypoints and not any(visible):
         raise PackagingError(f"gate set {source} labels no visible keypoint (visibility > 0)")
     gate_yaml = gate.root / GATE_YAML
     spec = dict(gate.spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from quality.tasks import task_of
 from serving.yolo_contract import TASKS
 
 DEFAULT_IMGSZ = 640  # when the weights record no training size
@@ -59,7 +60,8 @@ def weight_facts(model, imgsz: int | None = None) -> WeightFacts:
         raise WeightsError(f"image size must be a multiple of 32, got {size}")
     architecture = "rtdetr" if type(model.model).__name__.startswith("RTDETR") else "yolo"
     names = {int(k): str(v) for k, v in model.names.items()}
-    return WeightFacts(model.task, size, names, _keypoint_names(model) if model.task == "pose" else None, architecture)
+    kpt_names = _keypoint_names(model) if task_of(model.task).keypoints else None
+    return WeightFacts(model.task, size, names, kpt_names, architecture)
 
 
 def read_weight_facts(weights: Path, imgsz: int | None = None) -> WeightFacts:

@@ -59,6 +59,7 @@ class DetectTask:
 
     name = "detect"
     rotated = False
+    extra_columns = False  # the raw output carries more than boxes and class scores (masks, keypoints, an angle)
     kept_side = max  # the side a reduced decode keeps >= imgsz: the letterbox scales the long side to it
 
     def __init__(self, config: HandlerConfig, names: dict[int, str], end2end: bool, kpt_shape=None):
@@ -98,7 +99,7 @@ class DetectTask:
             iou_thres=params.iou,
             classes=list(params.classes) if params.classes is not None else None,
             max_det=params.max_det,
-            nc=0 if self.name == "detect" else len(self.names),
+            nc=len(self.names) if self.extra_columns else 0,  # 0: every column after the box is a class score
             end2end=self.end2end,
             rotated=self.rotated,
         )[0]
@@ -125,6 +126,7 @@ class SegmentTask(DetectTask):
     """Boxes plus masks: the prototype masks combined per box, traced to outlines, optionally full-size RLE."""
 
     name = "segment"
+    extra_columns = True
 
     def split(self, raw) -> list:
         if isinstance(raw[0], (list, tuple)):  # .pt models add a second (training) output
@@ -160,6 +162,7 @@ class PoseTask(DetectTask):
     """Boxes plus keypoints, named by the model's ``kpt_names`` when the weights carry them."""
 
     name = "pose"
+    extra_columns = True
 
     def signals(self, answer: dict, width: int, height: int) -> dict:
         found = super().signals(answer, width, height)
@@ -196,6 +199,7 @@ class ObbTask(DetectTask):
 
     name = "obb"
     rotated = True
+    extra_columns = True
 
     def answer(self, output, item: Input, params: Params) -> dict:
         rows = self._nms(output, params).float().numpy()

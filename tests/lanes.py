@@ -4,18 +4,20 @@ Each test belongs to exactly one lane, by its markers (the first lane whose mark
 
     containers  the Compose and Swarm proofs (a Docker engine, images, stacks)
     calibration archives with a drift reference (2,400 images through the handler each), served live
+    releases    deploys, canaries and rolls back on a stack of its own (scripts/deploy.sh, rollback.sh)
     stack       starts TorchServe, the gateway, Redis or a browser (``integration``)
     packaging   builds archives and runs them in-process, no server
     training    trains Ultralytics for an epoch or so
     fast        everything else (`make test-fast`)
 
-Lint and the fast lane run first, alone: a typo fails in about a minute. Then two tracks run side by
-side, each lane a pytest process of its own: the containers lane (much of it waiting on Docker: builds,
-health checks, rolling updates) then the calibration lane, beside packaging, training and the stack
-lane one after the other; the split is the one measured to make the two tracks take about as long. A
-failed lane stops its track; the other track finishes, so one run shows every failure. Each parallel
-lane's output goes to ``var/test-lanes/<lane>.log`` and is printed whole when the lane ends; the closing
-table gives each lane's time and counts, and the last line the totals.
+Two tracks run side by side, each lane a pytest process of its own, one after the other in its track:
+the fast lane (shown live), packaging, training and the stack lane beside the containers lane (much of
+it waiting on Docker: builds, health checks, rolling updates), calibration and releases; the split is
+the one measured to make the two tracks take about as long. A failed fast lane stops every lane not yet
+started (a typo fails in about a minute); another failed lane stops its track and the other track
+finishes, so one run shows every failure. Each other lane's output goes to ``var/test-lanes/<lane>.log``
+and is printed whole when the lane ends; the closing table gives each lane's time and counts, and the
+last line the totals.
 
     python -m tests.lanes               # every lane, as `make test`
     python -m tests.lanes fast stack    # only these lanes, in this order, one after the other
@@ -37,17 +39,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var" / "test-lanes"
 
-# lane -> the -m expression that selects it: every test lands in exactly one lane
-LANES = {
-    "fast": "not containers and not calibration and not integration and not packaging and not training",
-    "training": "training and not containers and not calibration and not integration and not packaging",
-    "packaging": "packaging and not containers and not calibration and not integration",
-    "stack": "integration and not containers and not calibration",
-    "calibration": "calibration and not containers",
-    "containers": "containers",
-}
-# what `make test` runs: lint, then the fast lane, then these tracks side by side (measured to end together)
-TRACKS = (("packaging", "training", "stack"), ("containers", "calibration"))
+# (lane, its marker): a test runs in the first lane whose marker it carries, else in "fast"
+PRECEDENCE = (
+    ("containers", "containers"),
+    ("calibration", "calibration"),
+    ("releases", "releases"),
+    ("stack", "integration"),
+    ("packaging", "packaging"),
+    ("training", "training"),
+)
+
+
+def lane_expressions() -> dict[str, str]:
+    """lane -> the -m expression that selects its tests: every test lands in exactly one lane."""
+    found, before = {}, []
+    for lane, marker in PRECEDENCE:
+        found[lane] = " and ".join([marker, *(f"not {m}" for m in before)])
+        before.append(marker)
+    found["fast"] = " and ".join(f"not {m}" for m in before)
+    return found
+
+
+LANES = lane_expressions()
+# what `make test` runs: these tracks side by side, each lane after the one before it (split so that the two
+# tracks take about as long); GATE, first, is shown live, and its failure stops every lane not yet started
+TRACKS = (("fast", "packaging", "training", "stack"), ("containers", "calibration", "releases"))
+GATE = "fast"
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 
@@ -91,7 +108,8 @@ def run_lane(lane: str, extra: list[str], live: bool, print_lock: threading.Lock
         ) as process:
             for line in process.stdout:
                 lines.append(line)
-                print(line, end="", flush=True)
+                with print_lock:
+                    print(line, end="", flush=True)
         output = "".join(lines)
     else:
         log = LOGS / f"{lane}.log"
@@ -107,12 +125,22 @@ def run_lane(lane: str, extra: list[str], live: bool, print_lock: threading.Lock
 
 
 def run_track(
-    lanes: tuple[str, ...], extra: list[str], results: list[Lane], print_lock: threading.Lock, live: bool = False
+    lanes: tuple[str, ...],
+    extra: list[str],
+    results: list[Lane],
+    print_lock: threading.Lock,
+    stop: threading.Event,
+    live: tuple[str, ...] = (),
 ) -> None:
+    """The lanes one after the other, until one fails or ``stop`` is set; a failed ``GATE`` sets ``stop``."""
     for lane in lanes:
-        done = run_lane(lane, extra, live=live, print_lock=print_lock)
+        if stop.is_set():
+            return
+        done = run_lane(lane, extra, live=lane in live, print_lock=print_lock)
         results.append(done)
         if not done.ok:
+            if lane == GATE:
+                stop.set()
             return
 
 
@@ -142,20 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     lock = threading.Lock()
     results: list[Lane] = []
+    stop = threading.Event()
     if args.lanes:
-        run_track(tuple(args.lanes), extra, results, lock, live=True)
+        run_track(tuple(args.lanes), extra, results, lock, stop, live=tuple(args.lanes))
     else:
-        fast = run_lane("fast", extra, live=True, print_lock=lock)
-        results.append(fast)
-        if fast.ok:
-            threads = [
-                threading.Thread(target=run_track, args=(track, extra, results, lock), name="+".join(track))
-                for track in TRACKS
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        threads = [
+            threading.Thread(target=run_track, args=(track, extra, results, lock, stop, (GATE,)), name="+".join(track))
+            for track in TRACKS
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     wall = time.monotonic() - started
     print(f"\n{table(results, wall)}\n")
     passed = sum(r.counts.get("passed", 0) for r in results)

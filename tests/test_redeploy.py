@@ -27,7 +27,6 @@ from operations.stack import ready_workers, running, start_torchserve, stop_serv
 from quality.gate_sets import gate_spec
 from tests.helpers import ROOT, WEIGHTS, TestStack, package
 
-integration = pytest.mark.integration
 CLIENTS = 8
 
 
@@ -120,7 +119,8 @@ def test_scripts_explain_themselves():
         assert name == "rollback" or ("--canary PERCENT" in result.stdout and "--promote" in result.stdout)
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_deploy_then_rollback_under_load_drops_nothing(rstack):
     assert script(rstack, "rollback").returncode == 1, "nothing deployed yet: nothing to roll back to"
     with Load(rstack.gateway_url, rstack.sample_images, CLIENTS) as load:
@@ -163,7 +163,8 @@ def package_sha(stack: TestStack, version: str) -> str:
     return hashlib.sha256((stack.model_store / f"yolo_v{version}.mar").read_bytes()).hexdigest()
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_broken_archives_are_refused_while_the_old_version_serves(rstack):
     with Load(rstack.gateway_url, rstack.sample_images, CLIENTS) as load:
         corrupted = script(rstack, "deploy", "9.0")
@@ -188,7 +189,8 @@ def test_broken_archives_are_refused_while_the_old_version_serves(rstack):
     assert [e["version"] for e in refused] == ["9.0", "7.0", "8.0"] and all(e["reason"] for e in refused)
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_a_restarted_torchserve_comes_back_on_the_deployed_version(rstack):
     assert script(rstack, "deploy", "2.0").returncode == 0
     stop_service(rstack, "torchserve")
@@ -225,7 +227,8 @@ def predictions_by_version(stack: TestStack, model: str = "yolo") -> dict[str, f
     return {v: float(n) for v, n in found}
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_canary_gets_its_share_then_is_promoted(rstack):
     started = script(rstack, "deploy", "2.0", "--canary", "20")
     assert started.returncode == 0, started.stderr
@@ -250,7 +253,8 @@ def test_canary_gets_its_share_then_is_promoted(rstack):
     print(f"canary share: {share:.1%} of 500 requests ({dict(versions)})")
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_rollback_aborts_a_canary(rstack):
     assert script(rstack, "rollback").returncode == 0
     assert serving(rstack)[0] == "1.0"
@@ -264,7 +268,8 @@ def test_rollback_aborts_a_canary(rstack):
     assert [e["action"] for e in read_history(rstack)][-2:] == ["canary", "rollback"]
 
 
-@integration
+@pytest.mark.integration
+@pytest.mark.releases
 def test_an_archive_without_a_gate_set_deploys_only_when_told_and_is_recorded_ungated(rstack):
     refused = script(rstack, "deploy", "6.0")
     assert refused.returncode == 1
