@@ -3,6 +3,9 @@
 One module of plain functions for everything outside the handler that compares or converts shapes: the
 gate's scoring, parity with Ultralytics, and the retraining's label lines. The handler's own tensor math
 from model-input pixels back to the image (``serving/yolo_geometry.py``) is another concept and stays there.
+One function is written twice on purpose: ``polygon_area`` is also in ``serving/yolo_geometry.py``, for the
+drift signals' mask area, because the handler ships alone inside the .mar and cannot import this module,
+and that module's flat imports (``from yolo_image import ...``) cannot be imported from here.
 """
 
 from __future__ import annotations
