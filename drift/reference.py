@@ -6,14 +6,26 @@ time; their signals are split into a fitting and a calibration half and calibrat
 (``drift.calibrate``), and the result is added to the archive as ``drift-reference.json``,
 which the handler hands the gateway. Fewer than ``ADVISED_IMAGES`` images calibrate a less
 trustworthy threshold: a warning says so.
+
+A reference is a function of what the archive serves with (the source weights, the format and
+settings of ``model-config.yaml``, the handler's modules), of the installed libraries that
+export and run the model, of the drift code, of the images' bytes and of the seed. Its key
+(``reference_key``) digests all of these, and the reference is kept under that key in
+``$DRIFT_REFERENCE_CACHE`` (default ``var/cache/drift-references``; empty turns it off): packaging
+the same model with the same images again (another version number, another gate set, the
+Compose proof and the live drift tests of one ``make test``) reads it instead of running the
+images through the model again. Anything that could change one signal changes the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 import time
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from drift.calibrate import build_reference
@@ -24,6 +36,20 @@ from serving.yolo_files import image_files
 
 ADVISED_IMAGES = 1000
 MIN_IMAGES = 200  # below this the calibration half cannot support any useful threshold
+DRIFT = Path(__file__).resolve().parent
+CACHE = DRIFT.parent / "var" / "cache" / "drift-references"
+# the libraries that export the model, run it and decode the images: their versions are part of the key
+LIBRARIES = (
+    "ultralytics",
+    "torch",
+    "torchvision",
+    "openvino",
+    "onnxruntime",
+    "numpy",
+    "opencv-python",
+    "pillow",
+    "pillow-heif",
+)
 
 
 def reference_images(folder: Path, log=print) -> list[Path]:
@@ -45,23 +71,78 @@ def reference_images(folder: Path, log=print) -> list[Path]:
     return images
 
 
+def reference_key(archive: Path, images: list[Path], seed: int) -> str:
+    """A digest of everything ``archive``'s reference from ``images`` depends on (see the module's docstring).
+
+    The exported model's own files are not part of it: an export names its graph's nodes anew in every
+    process. The source weights (their sha256 in ``lineage.json``), the format and settings that export
+    them, and the libraries' versions determine them.
+    """
+    digest = hashlib.sha256(b"drift-reference 1\0")
+
+    def add(label: str, data: bytes) -> None:
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        add("weights", json.loads(mar.read("lineage.json"))["weights_sha256"].encode())
+        for name in sorted(n for n in names if n == "model-config.yaml" or (n.endswith(".py") and "/" not in n)):
+            add(name, mar.read(name))
+    for code in sorted(DRIFT.glob("*.py")):
+        add(f"drift/{code.name}", code.read_bytes())
+    for library in LIBRARIES:
+        try:
+            add(library, metadata.version(library).encode())
+        except metadata.PackageNotFoundError:
+            add(library, b"absent")
+    add("seed", str(seed).encode())
+    for path in images:
+        add("image", hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def cache_folder() -> Path | None:
+    """Where references are kept by key (``$DRIFT_REFERENCE_CACHE``; set empty, none are kept)."""
+    chosen = os.environ.get("DRIFT_REFERENCE_CACHE")
+    if chosen is None:
+        return CACHE
+    return Path(chosen) if chosen else None
+
+
 def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int = 0, log=print) -> Reference:
-    """Compute ``archive``'s drift reference from ``images`` (``reference_images(folder)``) and add it; ValueError
-    when the model refuses some of them."""
+    """Add ``archive``'s drift reference from ``images`` (``reference_images(folder)``): the cached one of the same
+    key, else computed (and cached); ValueError when the model refuses some of them."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
-        handler = handler_for(archive, Path(tmp))
-        rows, refused = signals_of(handler, (path.read_bytes() for path in images))
-    if refused:
-        raise ValueError(f"--reference {folder}: the model refused {len(refused)} images, e.g. {refused[0]}")
-    measured = time.perf_counter() - started
-    reference = build_reference(rows, seed)
+    key, cache = reference_key(archive, images, seed), cache_folder()
+    kept = cache / f"{key}.json" if cache else None
+    if kept is not None and kept.is_file():
+        reference = Reference.from_stored(json.loads(kept.read_text()))
+        how = f"the same model, code and images' reference, kept in {kept} (DRIFT_REFERENCE_CACHE)"
+    else:
+        with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+            handler = handler_for(archive, Path(tmp))
+            rows, refused = signals_of(handler, (path.read_bytes() for path in images))
+        if refused:
+            raise ValueError(f"--reference {folder}: the model refused {len(refused)} images, e.g. {refused[0]}")
+        reference = build_reference(rows, seed)
+        how = f"computed in {time.perf_counter() - started:.0f} s"
+        if kept is not None:
+            keep(kept, reference)
     with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as mar:
         mar.writestr(DRIFT_REFERENCE_FILE, json.dumps(reference.stored(), separators=(",", ":")))
     _, predicted = reference.threshold(DEFAULT_TARGET_ERT, MARGIN)
     log(
-        f"drift reference ok: {len(rows)} images ({reference.fit_images} fit, {reference.calibration_images} "
-        f"calibrate) in {measured:.0f} s, {len(reference.signals)} signals, predicted ERT {predicted:,.0f} requests "
+        f"drift reference ok: {reference.images} images ({reference.fit_images} fit, {reference.calibration_images} "
+        f"calibrate), {how}; {len(reference.signals)} signals, predicted ERT {predicted:,.0f} requests "
         f"at the default target {DEFAULT_TARGET_ERT:,}"
     )
     return reference
+
+
+def keep(path: Path, reference: Reference) -> None:
+    """Write ``reference`` to the cache at ``path`` whole or not at all (lanes of one run package at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(reference.stored(), separators=(",", ":")))
+    os.replace(partial, path)

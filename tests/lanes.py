@@ -72,6 +72,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xp
 class Lane:
     name: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the lane's processes (pytest, its servers and their workers; not containers)
     returncode: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -110,11 +111,15 @@ def run_lane(lane: str, extra: list[str], live: bool, print_lock: threading.Lock
                 lines.append(line)
                 with print_lock:
                     print(line, end="", flush=True)
+            result.cpu_seconds = reap(process)
         output = "".join(lines)
     else:
         log = LOGS / f"{lane}.log"
-        with log.open("w") as handle:
-            process = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        with (
+            log.open("w") as handle,
+            subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT) as process,
+        ):
+            result.cpu_seconds = reap(process)
         output = log.read_text()
         with print_lock:
             print(f"\n=== lane {lane} ended ({log.relative_to(ROOT)}):\n{output}", end="", flush=True)
@@ -122,6 +127,19 @@ def run_lane(lane: str, extra: list[str], live: bool, print_lock: threading.Lock
     result.returncode = process.returncode
     result.counts = summary_counts(output)
     return result
+
+
+def reap(process: subprocess.Popen) -> float:
+    """Wait for ``process`` and return the CPU seconds it and the descendants it waited for used."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
 def run_track(
@@ -144,16 +162,17 @@ def run_track(
             return
 
 
-def table(results: list[Lane], wall: float) -> str:
-    rows = ["| lane | time | passed | failed | skipped | result |", "|---|---:|---:|---:|---:|---|"]
+def table(results: list[Lane], wall: float, busy: float) -> str:
+    """Each lane's time, CPU seconds and counts; the wall clock and how busy the machine's CPUs were meanwhile."""
+    rows = ["| lane | time | cpu | passed | failed | skipped | result |", "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         failed = r.counts.get("failed", 0) + r.counts.get("errors", 0)
         verdict = "ok" if r.ok else f"FAILED (exit {r.returncode})"
         rows.append(
-            f"| {r.name} | {r.seconds:.0f} s | {r.counts.get('passed', 0)} | {failed} | "
+            f"| {r.name} | {r.seconds:.0f} s | {r.cpu_seconds:.0f} s | {r.counts.get('passed', 0)} | {failed} | "
             f"{r.counts.get('skipped', 0)} | {verdict} |"
         )
-    rows.append(f"| all (wall clock) | {wall:.0f} s | | | | |")
+    rows.append(f"| all (wall clock) | {wall:.0f} s | {busy:.0%} of {os.cpu_count()} CPUs busy | | | | |")
     return "\n".join(rows)
 
 
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no lane {', '.join(unknown)}; the lanes are {', '.join(LANES)}")
     LOGS.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_times()
     lock = threading.Lock()
     results: list[Lane] = []
     stop = threading.Event()
@@ -183,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         for thread in threads:
             thread.join()
     wall = time.monotonic() - started
-    print(f"\n{table(results, wall)}\n")
+    busy, total = (now - then for now, then in zip(cpu_times(), ticks, strict=True))
+    print(f"\n{table(results, wall, busy / max(total, 1))}\n")
     passed = sum(r.counts.get("passed", 0) for r in results)
     failed = sum(r.counts.get("failed", 0) + r.counts.get("errors", 0) for r in results)
     skipped = sum(r.counts.get("skipped", 0) for r in results)

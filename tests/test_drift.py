@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ from yolo_signals import input_signals
 
 from drift.calibrate import build_reference, calibration_table
 from drift.detector import MARGIN, Detector, Reference
+from drift.reference import CACHE, cache_folder, keep
 from gateway.drift import SAVE_EVERY, DriftMonitor, state_key
 from gateway.settings import Settings
 from gateway.state import SQLiteStore
@@ -220,3 +222,19 @@ def test_targets_per_model_are_read_and_checked():
     assert settings.target_ert("parts") == 50_000 and settings.target_ert("other") == 5000
     with pytest.raises(ValueError, match="'parts' is not MODEL=REQUESTS"):
         Settings(drift_target_ert_by_model="parts")
+
+
+def test_references_are_kept_where_drift_reference_cache_says_or_nowhere(monkeypatch, tmp_path):
+    monkeypatch.delenv("DRIFT_REFERENCE_CACHE", raising=False)
+    assert cache_folder() == CACHE
+    monkeypatch.setenv("DRIFT_REFERENCE_CACHE", str(tmp_path / "kept"))
+    assert cache_folder() == tmp_path / "kept"
+    monkeypatch.setenv("DRIFT_REFERENCE_CACHE", "")
+    assert cache_folder() is None
+
+
+def test_a_kept_reference_reads_back_as_it_was_stored(reference, tmp_path):
+    kept = tmp_path / "cache" / "key.json"
+    keep(kept, reference)
+    assert [p.name for p in kept.parent.iterdir()] == ["key.json"]  # no partial file left behind
+    assert Reference.from_stored(json.loads(kept.read_text())).stored() == reference.stored()

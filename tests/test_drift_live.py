@@ -8,6 +8,7 @@ the gateway's detector class: it must alarm at the same request counts as the li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,10 +22,11 @@ import pytest
 from benchmarks.drift_bench import REFERENCE_IMAGES, REFERENCE_SEED, Shift, ensure_images, render_shifted
 from drift.detector import DEFAULT_TARGET_ERT, MARGIN, Detector, Reference
 from drift.offline import handler_for, signals_of
+from drift.reference import cache_folder, reference_images, reference_key
 from operations.packaging import PackagingError
 from operations.packaging import package as build
 from operations.releases import load_version
-from operations.stack import recorded_pid, running, start_gateway, wait_until
+from operations.stack import free_port, http_ok, recorded_pid, running, start_gateway, stop_service, wait_until
 from serving.yolo_contract import DRIFT_REFERENCE_FILE
 from tests.helpers import WEIGHTS, TestStack, answers, package
 
@@ -167,12 +169,27 @@ def test_a_gateway_restart_keeps_the_drift_state(watched, streams):
     assert [s["statistic"] for s in after["signals"]] == [s["statistic"] for s in before["signals"]]
 
 
-def test_reset_and_rebaseline_need_the_operator_key_and_are_recorded(watched, streams, stack):
+@pytest.fixture
+def keyless(watched, tmp_path):
+    """A second gateway in front of the same TorchServe with no operator key configured."""
+    env = {"GATEWAY_TS_KEY_FILE": str(watched.key_file)}  # no GATEWAY_ADMIN_KEYS
+    instance = dataclasses.replace(watched, run_dir=tmp_path / "keyless", gateway_port=free_port(), gateway_env=env)
+    instance.run_dir.mkdir()
+    pid = start_gateway(instance)
+    try:
+        health = f"{instance.gateway_url}/health/live"
+        wait_until(lambda: http_ok(health), "keyless gateway", 30, pid, instance.log_dir / "gateway.log")
+        yield instance
+    finally:
+        stop_service(instance, "gateway")
+
+
+def test_reset_and_rebaseline_need_the_operator_key_and_are_recorded(watched, streams, keyless):
     url = f"{watched.gateway_url}/models/yolo/drift"
     for action in ("reset", "rebaseline"):
         assert httpx.post(f"{url}/{action}", timeout=30).status_code == 401
         assert httpx.post(f"{url}/{action}", headers={"X-Admin-Key": "wrong"}, timeout=30).status_code == 401
-        refused = httpx.post(f"{stack.gateway_url}/models/yolo/drift/{action}", headers=ADMIN, timeout=30)
+        refused = httpx.post(f"{keyless.gateway_url}/models/yolo/drift/{action}", headers=ADMIN, timeout=30)
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_disabled"
     reset(watched)
     send(watched, streams["dark"], "2.0")
@@ -197,3 +214,34 @@ def test_the_archive_without_a_reference_says_so(tmp_path):
     assert built.reference is None and any(line.startswith("warning: no --reference") for line in said), said
     with pytest.raises(PackagingError, match="--reference /nowhere: not a folder of images"):
         build(WEIGHTS["1.0"], "1.1", tmp_path, reference="/nowhere")
+
+
+def test_a_reference_is_computed_once_per_model_code_and_images(watched, tmp_path):
+    """Packaging the same weights with the same images again (another version, another gate set) reads the kept
+    reference instead of running 2,400 images through the model; anything a signal depends on changes its key."""
+    images = reference_images(REFERENCE_IMAGES / "images", log=lambda line: None)
+    first = watched.model_store / "yolo_v1.0.mar"
+    key = reference_key(first, images, seed=0)
+    assert (cache_folder() / f"{key}.json").is_file()  # kept by whichever packaging computed it first
+    said: list[str] = []
+    again = build(WEIGHTS["1.0"], "1.1", tmp_path, reference=REFERENCE_IMAGES / "images", log=said.append)
+    assert any("drift reference ok" in line and "kept in" in line for line in said), said
+    assert stored_reference(again.archive) == stored_reference(first)
+
+    assert reference_key(watched.model_store / "yolo_v2.0.mar", images, 0) != key  # other weights
+    assert reference_key(first, images, seed=1) != key
+    assert reference_key(first, images[:-1], 0) != key
+    changed = tmp_path / "changed.png"
+    changed.write_bytes(images[0].read_bytes() + b"\0")
+    assert reference_key(first, [changed, *images[1:]], 0) != key
+    edited = tmp_path / "edited.mar"  # the same archive with one handler module changed
+    with zipfile.ZipFile(first) as old, zipfile.ZipFile(edited, "w") as new:
+        for item in old.infolist():
+            data = old.read(item)
+            new.writestr(item, data + b"\n# changed\n" if item.filename == "yolo_signals.py" else data)
+    assert reference_key(edited, images, 0) != key
+
+
+def stored_reference(archive: Path) -> bytes:
+    with zipfile.ZipFile(archive) as mar:
+        return mar.read(DRIFT_REFERENCE_FILE)
