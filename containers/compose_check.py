@@ -57,6 +57,7 @@ from quality.geometry import box_iou as iou
 from serving.yolo_contract import answer_problems
 
 PROJECT = "yolo-compose-test"
+STARTED = time.monotonic()  # the checks print how far into the proof each begins
 SERVICES = ("torchserve", "gateway", "prometheus")
 GRAFANA_IMAGE = "grafana/grafana:11.3.1"
 DASHBOARDS = ROOT / "monitoring" / "grafana" / "dashboards"
@@ -189,7 +190,7 @@ class Run:
     # ------------------------------------------------------------------ checks
 
     def check(self, name: str, body: Callable[[], str]) -> None:
-        print(f"--- {name}", flush=True)
+        print(f"--- {name} [{time.monotonic() - STARTED:.0f} s]", flush=True)
         try:
             detail = body()
             self.results.append((name, True, detail))

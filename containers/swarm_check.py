@@ -37,6 +37,7 @@ from operations.stack import free_port
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 ADMIN_KEY = "swarm-operator-key"
+STARTED = time.monotonic()  # the steps print how far into the proof each begins
 REPORT = ROOT / "REPORT.md"
 MARKERS = ("<!-- swarm-test:begin -->", "<!-- swarm-test:end -->")
 TEST_SUBNET = "10.232.0.0/24"  # not stack.yml's default: make swarm-up's stack may be running beside the test's
@@ -320,7 +321,7 @@ def exercise(plan: Plan, tmp: Path) -> SwarmCheck:
         if not plan.quick:
             steps = [check.throughput, *steps[:4], check.broken_update, check.kill]
         for step in steps:
-            print(f"--- {step.__name__}", flush=True)
+            print(f"--- {step.__name__} [{time.monotonic() - STARTED:.0f} s]", flush=True)
             try:
                 step(stack)
             except (TimeoutError, SetupError, httpx.HTTPError, StopIteration, KeyError) as exc:

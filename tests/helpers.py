@@ -180,6 +180,9 @@ def run_container_proof(
     """
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
+    log = ROOT / "var" / "test-lanes" / f"{label.rsplit('=', 1)[-1]}.log"  # its phases' times, kept when it passes
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(output)
     assert result.returncode == 0, output[-20000:]
     for line in passes:
         assert line in output, output[-20000:]
