@@ -83,7 +83,8 @@ class Lane:
 
 
 def pytest_command(lane: str, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "-m", LANES[lane], *extra]
+    slowest = "--durations=25"  # each lane's slowest steps, to see where its time goes
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", slowest, "-m", LANES[lane], *extra]
 
 
 def summary_counts(output: str) -> dict[str, int]:
