@@ -63,8 +63,8 @@ def served(request, tmp_path_factory) -> Served:
     task = request.param
     weights = TASK_WEIGHTS / task / "best.pt"
     store = tmp_path_factory.mktemp(f"store-{task}")
-    for version, model_format in (("1.0", "pt"), ("1.1", "openvino")):
-        package(store, version, weights, name=task, fmt=model_format, gate_data=gate_set(task))
+    for version, model_format in (("1.0", "pt"), ("1.1", "openvino")):  # one worker each: counts are test_models'
+        package(store, version, weights, name=task, fmt=model_format, gate_data=gate_set(task), workers=1)
     with zipfile.ZipFile(store / f"{task}_v1.0.mar") as mar:
         imgsz = yaml.safe_load(mar.read("model-config.yaml"))["handler"]["imgsz"]
     stack = Stack.private(tmp_path_factory.mktemp(f"run-{task}"), store, model_name=task)
