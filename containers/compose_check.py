@@ -52,7 +52,7 @@ from containers.engine import (
 from operations.archives import DeployError
 from operations.packaging import package
 from operations.releases import deploy, load_version, rollback
-from operations.stack import Stack, free_port, wait_until
+from operations.stack import Stack, free_ports, wait_until
 from quality.geometry import box_iou as iou
 from serving.yolo_contract import answer_problems
 
@@ -107,7 +107,7 @@ class Run:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.store = tmp / "model-store"
-        self.gateway_port = free_port()
+        self.gateway_port, self.grafana_port = free_ports(2)
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.results: list[tuple[str, bool, str]] = []
 
@@ -129,7 +129,7 @@ class Run:
             **os.environ,
             **extra,
             "GATEWAY_PORT": str(self.gateway_port),
-            "GRAFANA_PORT": str(free_port()),
+            "GRAFANA_PORT": str(self.grafana_port),
             "MODEL_STORE": str(self.store),
             "MODEL_VERSION": "1.0",
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,

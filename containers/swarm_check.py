@@ -33,7 +33,7 @@ from benchmarks.loadgen import Load
 from containers.engine import ROOT, Engine, SetupError, addresses, quiet
 from containers.swarm import Stack, build_images, join_or_init, leave, self_signed, tasks
 from operations.packaging import package
-from operations.stack import free_port
+from operations.stack import free_ports
 
 SAMPLES = sorted((ROOT / "samples").glob("*.jpg"))
 ADMIN_KEY = "swarm-operator-key"
@@ -94,7 +94,7 @@ class SwarmCheck:
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
             "SWARM_SUBNET": TEST_SUBNET,
         }
-        return Stack("yoloswarmtest", env, free_port(), free_port(), ca=cert)
+        return Stack("yoloswarmtest", env, *free_ports(2), ca=cert)
 
     # ------------------------------------------------------------------ helpers
 

@@ -87,17 +87,15 @@ class Stack:
     @classmethod
     def private(cls, run_dir: Path, model_store: Path, **overrides) -> Stack:
         """An instance on free ports, for tests, benchmarks and reports beside a running `make up`."""
-        ports = {
-            name: free_port()
-            for name in (
-                "inference_port",
-                "management_port",
-                "metrics_port",
-                "gateway_port",
-                "grpc_inference_port",
-                "grpc_management_port",
-            )
-        }
+        names = (
+            "inference_port",
+            "management_port",
+            "metrics_port",
+            "gateway_port",
+            "grpc_inference_port",
+            "grpc_management_port",
+        )
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         return cls(run_dir=run_dir, model_store=model_store, **{**ports, **overrides})
 
     def pid_file(self, service: str) -> Path:
@@ -132,11 +130,22 @@ class Stack:
         return sorted(p.name[: -len(CURRENT_SUFFIX)] for p in pointers if p.is_symlink())
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports nothing listens on right now, for private stacks (tests, benchmarks, reports).
+
+    Each is held until all are chosen: a port let go at once can be handed out again by the next ask, and a
+    stack given one port twice (TorchServe's management and gRPC ports once) cannot start.
+    """
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now, for private stacks (tests, benchmarks, reports)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """One TCP port nothing listens on right now (``free_ports``)."""
+    return free_ports(1)[0]
 
 
 def read_properties(path: Path) -> dict[str, str]:

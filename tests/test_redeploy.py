@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import zipfile
@@ -23,7 +24,7 @@ import pytest
 from benchmarks.loadgen import Load
 from gateway.canary import Canary
 from operations.history import lineage, previous_version, read_canary, read_history
-from operations.stack import ready_workers, running, start_torchserve, stop_service, wait_until
+from operations.stack import free_ports, ready_workers, running, start_torchserve, stop_service, wait_until
 from quality.gate_sets import gate_spec
 from tests.helpers import ROOT, WEIGHTS, TestStack, package
 
@@ -109,6 +110,20 @@ def script(stack: TestStack, name: str, *args: str) -> subprocess.CompletedProce
 def serving(stack: TestStack) -> tuple[str | None, list[str]]:
     with stack.torchserve() as ts:
         return ts.default_version(stack.model_name), sorted(ts.loaded_versions(stack.model_name))
+
+
+def test_a_private_stack_gets_distinct_ports_nothing_listens_on(tmp_path):
+    """A private stack's six ports are asked for at once: none twice (a run once gave TorchServe's management
+    and gRPC ports the same number, and that TorchServe never started)."""
+    stack = TestStack.private(tmp_path, tmp_path)
+    ports = [stack.inference_port, stack.management_port, stack.metrics_port, stack.gateway_port]
+    ports += [stack.grpc_inference_port, stack.grpc_management_port]
+    assert len(set(ports)) == 6
+    many = free_ports(500)
+    assert len(set(many)) == 500
+    for port in many[:20]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free: nothing holds it any more
 
 
 def test_scripts_explain_themselves():
