@@ -116,8 +116,8 @@ def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int 
     started = time.perf_counter()
     key, cache = reference_key(archive, images, seed), cache_folder()
     kept = cache / f"{key}.json" if cache else None
-    if kept is not None and kept.is_file():
-        reference = Reference.from_stored(json.loads(kept.read_text()))
+    reference = kept_reference(kept, log) if kept is not None else None
+    if reference is not None:
         how = f"the same model, code and images' reference, kept in {kept} (DRIFT_REFERENCE_CACHE)"
     else:
         with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
@@ -128,7 +128,7 @@ def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int 
         reference = build_reference(rows, seed)
         how = f"computed in {time.perf_counter() - started:.0f} s"
         if kept is not None:
-            keep(kept, reference)
+            keep(kept, reference, log)
     with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as mar:
         mar.writestr(DRIFT_REFERENCE_FILE, json.dumps(reference.stored(), separators=(",", ":")))
     _, predicted = reference.threshold(DEFAULT_TARGET_ERT, MARGIN)
@@ -140,9 +140,25 @@ def attach_reference(archive: Path, folder: Path, images: list[Path], seed: int 
     return reference
 
 
-def keep(path: Path, reference: Reference) -> None:
-    """Write ``reference`` to the cache at ``path`` whole or not at all (lanes of one run package at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def kept_reference(path: Path, log=print) -> Reference | None:
+    """The reference kept at ``path``; None when there is none, or (with a warning through ``log``) when it
+    cannot be read, so that it is computed again and written over."""
+    if not path.is_file():
+        return None
+    try:
+        return Reference.from_stored(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log(f"warning: the kept drift reference {path} cannot be read ({type(exc).__name__}); computing it again")
+        return None
+
+
+def keep(path: Path, reference: Reference, log=print) -> None:
+    """Write ``reference`` to the cache at ``path`` whole or not at all (lanes of one run package at once); a cache
+    that cannot be written is a warning through ``log``, not a failed packaging."""
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(reference.stored(), separators=(",", ":")))
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(reference.stored(), separators=(",", ":")))
+        os.replace(partial, path)
+    except OSError as exc:
+        log(f"warning: the drift reference could not be kept in {path.parent} ({exc}); set DRIFT_REFERENCE_CACHE")

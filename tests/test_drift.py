@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import cv2
 import numpy as np
@@ -12,7 +11,7 @@ from yolo_signals import input_signals
 
 from drift.calibrate import build_reference, calibration_table
 from drift.detector import MARGIN, Detector, Reference
-from drift.reference import CACHE, cache_folder, keep
+from drift.reference import CACHE, cache_folder, keep, kept_reference
 from gateway.drift import SAVE_EVERY, DriftMonitor, state_key
 from gateway.settings import Settings
 from gateway.state import SQLiteStore
@@ -237,4 +236,17 @@ def test_a_kept_reference_reads_back_as_it_was_stored(reference, tmp_path):
     kept = tmp_path / "cache" / "key.json"
     keep(kept, reference)
     assert [p.name for p in kept.parent.iterdir()] == ["key.json"]  # no partial file left behind
-    assert Reference.from_stored(json.loads(kept.read_text())).stored() == reference.stored()
+    assert kept_reference(kept).stored() == reference.stored()
+    assert kept_reference(tmp_path / "cache" / "other.json") is None
+
+
+def test_an_unreadable_or_unwritable_cache_is_a_warning_and_the_reference_is_computed(reference, tmp_path):
+    said: list[str] = []
+    for garbled in ("{not json", '{"images": 10}', "[]"):
+        kept = tmp_path / "garbled.json"
+        kept.write_text(garbled)
+        assert kept_reference(kept, said.append) is None
+        assert said.pop().startswith(f"warning: the kept drift reference {kept} cannot be read")
+    (tmp_path / "a-file").write_text("")
+    keep(tmp_path / "a-file" / "key.json", reference, said.append)  # its folder cannot be made
+    assert said == [said[0]] and said[0].startswith("warning: the drift reference could not be kept in")
