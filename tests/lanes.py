@@ -72,7 +72,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xp
 class Lane:
     name: str
     seconds: float = 0.0
-    cpu_seconds: float = 0.0  # the lane's processes (pytest, its servers and their workers; not containers)
+    cpu_seconds: float = 0.0  # its pytest and what that waited for (not containers, nor workers left unreaped)
     returncode: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
