@@ -140,6 +140,15 @@ class Run:
             env["TORCH_INDEX_URL"] = index
         return env
 
+    def images(self) -> Compose:
+        """The base images, then the stack's (on a machine without them: a debootstrap, then pip's downloads)."""
+        start = time.monotonic()
+        env = self.environment(ensure_base_images())
+        print(f"base images ready: {time.monotonic() - start:.0f} s", flush=True)
+        compose = Compose(env, self.tmp)
+        self.build(compose)
+        return compose
+
     def build(self, compose: Compose) -> None:
         for service in ("torchserve", "gateway"):
             log = self.tmp / f"build-{service}.log"
@@ -468,22 +477,12 @@ CHECKS = {
 ADMIN_KEY = "compose-operator-key"
 
 
-def images(test: Run, tmp: Path) -> Compose:
-    """The base images, then the stack's (on a machine without them: a debootstrap, then pip's downloads)."""
-    start = time.monotonic()
-    env = test.environment(ensure_base_images())
-    print(f"base images ready: {time.monotonic() - start:.0f} s", flush=True)
-    compose = Compose(env, tmp)
-    test.build(compose)
-    return compose
-
-
 def exercise(tmp: Path) -> list[tuple[str, bool, str]]:
     test = Run(tmp)
     # The images hold none of these archives (the store is mounted when the stack starts), so they build while
     # the archives are packaged: on a machine with no image yet, the proof took 700 s instead of 877 s (REPORT §12).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="images") as builder:
-        building = builder.submit(images, test, tmp)
+        building = builder.submit(test.images)
         start = time.monotonic()
         try:
             test.package_archives()
